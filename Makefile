@@ -1,0 +1,69 @@
+# fruitnet — `make help` lists the targets. Every target installs into $(VENV) first when needed.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fruitnet-installed
+ARGS ?=
+CKPT ?=
+INPUT ?=
+FORMAT ?= onnx
+DATASET ?= fruits
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-slow test-all lint format clean data sizes bench report eval predict export notebook
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create $(VENV) and install fruitnet with its dev extras (editable)
+
+train: $(STAMP) ## basic CNN on the embedded synthetic data, CPU, 2 epochs (ARGS=... adds overrides)
+	$(PY) -m fruitnet.train trainer=cpu trainer.max_epochs=2 $(ARGS)
+
+test: $(STAMP) ## the test suite (CPU, slow tests excluded); pytest's "no tests" exit 5 fails too
+	$(PY) -m pytest $(ARGS)
+
+test-slow: $(STAMP) ## only the slow tests (real-data chains, notebook execution)
+	$(PY) -m pytest -m slow $(ARGS)
+
+test-all: $(STAMP) ## every test
+	$(PY) -m pytest -m "slow or not slow" $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## ruff format and autofix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+data: $(STAMP) ## download a Kaggle dataset: make data DATASET=fruits|chest_xray
+	$(PY) -m fruitnet.data.download $(DATASET) $(ARGS)
+
+sizes: $(STAMP) ## params / MiB / FLOPs table of the three models
+	$(PY) -m fruitnet.models
+
+bench: $(STAMP) ## speed benchmark against the plain PyTorch loop -> bench/RESULTS.md
+	$(PY) bench/bench.py $(ARGS)
+
+report: $(STAMP) ## results table (report.md) and accuracy-vs-size plot (report.png) of runs under logs/
+	$(PY) -m fruitnet.report $(ARGS)
+
+eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path [ARGS="data=... data.root=..."]
+	$(PY) -m fruitnet.eval ckpt_path=$(CKPT) $(ARGS)
+
+predict: $(STAMP) ## classify images: make predict CKPT=path INPUT=file_or_dir
+	$(PY) -m fruitnet.predict ckpt_path=$(CKPT) input=$(INPUT) $(ARGS)
+
+export: $(STAMP) ## export a checkpoint: make export CKPT=path FORMAT=onnx|torchscript|exported_program
+	$(PY) -m fruitnet.export ckpt_path=$(CKPT) format=$(FORMAT) $(ARGS)
+
+clean: ## remove run outputs and caches (keeps $(VENV) and downloaded data)
+	rm -rf logs outputs multirun lightning_logs .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

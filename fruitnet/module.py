@@ -1,0 +1,239 @@
+"""ClassifierModule: the one LightningModule, wrapping any network from the model registry."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from fruitnet.models import create_model
+
+log = logging.getLogger(__name__)
+
+
+def _binary_metrics(prefix: str) -> MetricCollection:
+    # Positive class = index 1, i.e. the second class name in sorted order (PNEUMONIA for chest).
+    return MetricCollection(
+        {
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "specificity": BinarySpecificity(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+        },
+        prefix=prefix,
+    )
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classification around `fruitnet.models.create_model(model_name, ...)`.
+
+    Every constructor argument is a primitive (str/int/float/bool/list/dict), and the network is
+    built here from its registry name, so checkpoints load with `weights_only=True` and
+    `ClassifierModule.load_from_checkpoint(path)` needs neither Hydra nor pickled objects.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        num_classes: int,
+        input_size: int,
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        weights: str | None = None,
+        class_names: list[str] | None = None,
+        task: str = "multiclass",
+        class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
+        preprocess: dict[str, Any] | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = create_model(
+            model_name,
+            num_classes=num_classes,
+            input_size=input_size,
+            pretrained=pretrained,
+            weights=weights,
+            **(model_kwargs or {}),
+        )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+        if compile:
+            # Module.compile() compiles in place, so state_dict keys stay `net.*` (no `_orig_mod.`).
+            self.net.compile()
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weight", weight, persistent=False)
+
+        def acc() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+        self.train_acc, self.val_acc, self.test_acc = acc(), acc(), acc()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.binary = task == "binary" and num_classes == 2
+        if self.binary:
+            self.val_extra = _binary_metrics("val/")
+            self.test_extra = _binary_metrics("test/")
+        else:
+            self.val_extra = MetricCollection({})
+            self.test_extra = MetricCollection(
+                {"f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro")},
+                prefix="test/",
+            )
+        self.test_per_class = MulticlassAccuracy(num_classes=num_classes, average=None)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes=num_classes)
+        # Filled at test end for results.json (per-class accuracy, confusion matrix)
+        self.test_details: dict[str, Any] = {}
+        self._restored_from_checkpoint = False
+        self._restored_val_acc_best: float | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(
+            logits.float(),
+            y,
+            weight=self.class_weight,
+            label_smoothing=self.hparams.label_smoothing if self.training else 0.0,
+        )
+        return loss, logits, y
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logits, y = self._step(batch)
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_loss.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.val_loss(loss)
+        self.val_acc(logits, y)
+        self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        if self.binary:
+            self.val_extra(logits.float().softmax(-1)[:, 1], y)
+            self.log_dict(self.val_extra, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() syncs across processes; val/acc_best is what checkpoints and sweeps compare.
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, logits, y = self._step(batch)
+        self.test_loss(loss)
+        self.test_acc(logits, y)
+        self.test_per_class(logits, y)
+        self.test_confmat(logits, y)
+        self.log("test/loss", self.test_loss, on_epoch=True)
+        self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
+        if self.binary:
+            self.test_extra(logits.float().softmax(-1)[:, 1], y)
+        else:
+            self.test_extra(logits, y)
+        self.log_dict(self.test_extra, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute().tolist()
+        self.test_details = {
+            "per_class_acc": per_class,
+            "confusion_matrix": self.test_confmat.compute().tolist(),
+        }
+        self.test_per_class.reset()
+        self.test_confmat.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).float().softmax(-1)
+
+    # -- optimisation ---------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = hydra.utils.instantiate(dict(self.hparams.optimizer))(params=self.parameters())
+        sched_cfg = dict(self.hparams.scheduler or {})
+        if not sched_cfg:
+            return optimizer
+        # `interval`/`monitor` are Lightning's, not the scheduler's.
+        interval = sched_cfg.pop("interval", "epoch")
+        monitor = sched_cfg.pop("monitor", "val/loss")
+        if sched_cfg["_target_"].endswith("OneCycleLR") and "total_steps" not in sched_cfg:
+            sched_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = hydra.utils.instantiate(sched_cfg)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Metric states are not in the state_dict; keep the best val acc across resumes.
+        if self.val_acc_best.update_count:
+            checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_from_checkpoint = True
+        self._restored_val_acc_best = checkpoint.get("val_acc_best")
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count towards the best val acc.
+        self.val_acc_best.reset()
+        if self._restored_from_checkpoint:
+            if self._restored_val_acc_best is not None:
+                self.val_acc_best(torch.tensor(self._restored_val_acc_best))
+            self._apply_configured_lr()
+
+    def _apply_configured_lr(self) -> None:
+        """On resume Lightning restores the optimizer state, lr included; the configured lr wins.
+
+        Only when it differs from the checkpoint's base lr, so a plain resume after a crash keeps
+        the scheduler's exact position and the run stays bit-identical to an uninterrupted one.
+        """
+        lr = float(self.hparams.optimizer["lr"])
+        for opt_idx, optimizer in enumerate(self.trainer.optimizers):
+            for group in optimizer.param_groups:
+                stored = group.get("initial_lr", group["lr"])
+                if stored == lr:
+                    continue
+                log.warning(
+                    "Resumed optimizer %d had lr %g; using the configured optimizer.lr=%g",
+                    opt_idx,
+                    stored,
+                    lr,
+                )
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if hasattr(sched, "base_lrs"):
+                sched.base_lrs = [lr for _ in sched.base_lrs]
+            if hasattr(sched, "_last_lr"):
+                sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]

@@ -1,0 +1,188 @@
+"""`python -m fruitnet.train`: build data, model and trainer from the config; fit; test the best
+checkpoint; write results.json into the run directory.
+
+    python -m fruitnet.train                                   # basic CNN on the embedded data
+    python -m fruitnet.train model=proxyless data=fruits norm=true
+    python -m fruitnet.train -m model=cnn,proxyless norm=true,false
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fruitnet.callbacks import ModelSizeCallback, TrainThroughput
+from fruitnet.config import CONFIG_PATH, instantiate_group, to_primitive
+from fruitnet.module import ClassifierModule
+from fruitnet.results import environment, file_mib, test_metrics, write_json
+from fruitnet.runtime import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    device_name,
+    load_checkpoint,
+    resolve_ckpt_path,
+    resolve_precision,
+)
+
+log = logging.getLogger("fruitnet.train")
+
+
+def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
+    return ClassifierModule(
+        model_name=cfg.model.name,
+        num_classes=dm.num_classes,
+        input_size=dm.input_size,
+        optimizer=to_primitive(cfg.optimizer),
+        scheduler=to_primitive(cfg.get("scheduler")) or None,
+        model_kwargs=to_primitive(cfg.model.get("kwargs")) or {},
+        pretrained=bool(cfg.model.pretrained),
+        weights=cfg.model.get("weights"),
+        class_names=list(dm.class_names),
+        task=dm.task,
+        class_weights=dm.class_weights,
+        label_smoothing=float(cfg.model.get("label_smoothing", 0.0)),
+        preprocess=dm.preprocess,
+        channels_last=bool(cfg.model.get("channels_last", True)),
+        compile=bool(cfg.model.get("compile", False)),
+    )
+
+
+def init_weights_from(module: ClassifierModule, path: str) -> None:
+    """`init_from=CKPT`: weights only; optimizer, scheduler and epoch start fresh."""
+    state = load_checkpoint(path).get("state_dict")
+    if state is None:
+        raise CheckpointError(f"{path} has no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"init_from={path} does not fit this model: {err}") from err
+    log.info("initialised weights from %s (fresh optimizer)", path)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=precision,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def _find(callbacks: list, kind: type) -> Any:
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
+def _hydra_choices() -> tuple[dict[str, Any], list[str]]:
+    """Chosen group options and command-line overrides (empty when composed without Hydra's app)."""
+    if not HydraConfig.initialized():
+        return {}, []
+    hydra_cfg = HydraConfig.get()
+    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and/or test as configured; returns the results written to results.json."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    dm = hydra.utils.instantiate(cfg.data)
+    # The model needs num_classes and input_size before Lightning would call these itself.
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    if cfg.get("init_from"):
+        init_weights_from(module, cfg.init_from)
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, output_dir.parent)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        if best is None:
+            log.warning("no best checkpoint (fast_dev_run or checkpointing off): testing current weights")
+        trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True)
+        metrics = test_metrics(trainer.callback_metrics, list(dm.class_names), module.test_details)
+
+    size = _find(callbacks, ModelSizeCallback)
+    speed = _find(callbacks, TrainThroughput)
+    val_best = trainer.callback_metrics.get("val/acc_best")
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        val_best = ckpt_cb.best_model_score
+    choices, overrides = _hydra_choices()
+    results = {
+        "model": cfg.model.name,
+        "data": choices.get("data", "?"),
+        "experiment": choices.get("experiment"),
+        "data_root": str(cfg.data.root),
+        "layout": getattr(dm, "layout", None),
+        "norm": bool(cfg.norm),
+        "task": dm.task,
+        "num_classes": dm.num_classes,
+        "class_names": list(dm.class_names),
+        "input_size": dm.input_size,
+        "batch_size": cfg.data.batch_size,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "lr": float(cfg.optimizer.lr),
+        "seed": cfg.seed,
+        **(size.stats if size is not None else {}),
+        "checkpoint_mb": file_mib(best),
+        "test_acc": metrics.get("test_acc"),
+        "val_acc": float(val_best) if val_best is not None else None,
+        **metrics,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_s": time.perf_counter() - started,
+        "train_images_per_s": speed.images_per_s if speed is not None else None,
+        "device": device_name(cfg.trainer.accelerator),
+        "precision": str(trainer.precision),
+        "best_ckpt": best,
+        "last_ckpt": (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+        "resumed_from": ckpt_path,
+        "run_dir": str(output_dir),
+        "overrides": overrides,
+        **environment(),
+    }
+    if trainer.is_global_zero:
+        path = write_json(output_dir / "results.json", results)
+        acc = results["test_acc"]
+        log.info(
+            "test accuracy %s; results in %s",
+            f"{100 * acc:.2f} %" if acc is not None else "n/a",
+            path,
+        )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = run(cfg)
+    except Exception as err:
+        # One readable line first; Hydra then reports the job failure (a sweep goes on).
+        log.error("fruitnet: %s", err)
+        raise
+    metric = cfg.get("optimized_metric")
+    return results.get(metric.replace("/", "_")) if metric else results.get("val_acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Helpers shared by the tests: compose the config like the CLI does, run a training in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO / "conf")
+
+# Fast settings for CPU tests: no progress bar, no latency timing, no workers.
+FAST = [
+    "trainer=cpu",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "callbacks.model_size.latency=false",
+    "data.num_workers=0",
+]
+
+
+def compose_cfg(overrides: list[str], run_dir: Path, data_dir: Path | None = None) -> DictConfig:
+    """Compose `train.yaml` with overrides; paths point into run_dir (and a shared data dir)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(run_dir)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.log_dir = str(run_dir / "logs")
+        cfg.paths.cache_dir = str(run_dir / "cache")
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+def train(overrides: list[str], run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    from fruitnet.train import run
+
+    return run(compose_cfg(FAST + overrides, run_dir, data_dir))
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout=600):
+    """Run `python <args>` as a user would; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "results.json").read_text())

@@ -1,0 +1,138 @@
+"""The spine: config composition, the train entry point for every model, multirun, results.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CONF_DIR, REPO, cli, compose_cfg, read_results, train
+from omegaconf import OmegaConf
+
+from fruitnet.models import list_models
+
+REQUIRED_KEYS = {
+    "model", "data", "norm", "num_classes", "class_names", "params", "checkpoint_mb",
+    "test_acc", "val_acc", "epochs", "wall_s", "train_images_per_s", "device", "precision",
+    "best_ckpt",
+}  # fmt: skip
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+GROUP_OPTIONS = [
+    (group, option)
+    for group in ["data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger",
+                  "debug", "experiment", "hparams_search"]  # fmt: skip
+    for option in _options(group)
+]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_config_option_composes_and_resolves(group, option, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "folder":
+        overrides.append("data.root=/some/folder")
+    cfg = compose_cfg(overrides, tmp_path)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    resolved = OmegaConf.to_container(job, resolve=True)
+    assert resolved["model"]["name"] in list_models()
+    assert resolved["data"]["norm"] is resolved["norm"]
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_norm_is_a_plain_boolean_that_data_follows(norm, tmp_path):
+    cfg = compose_cfg([f"norm={str(norm).lower()}", "data=fruits"], tmp_path)
+    assert cfg.norm is norm and cfg.data.norm is norm
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_fast_dev_run_every_model(model, tmp_path, data_dir):
+    results = train(
+        [f"model={model}", "model.pretrained=false", "trainer.fast_dev_run=true"], tmp_path, data_dir
+    )
+    assert results["model"] == model
+    assert results["num_classes"] == 10
+    on_disk = read_results(tmp_path)
+    assert REQUIRED_KEYS <= on_disk.keys()
+    assert 0.0 <= on_disk["test_acc"] <= 1.0
+    assert on_disk["params"] > 0 and on_disk["flops"] > 0
+
+
+def test_cnn_norm_true_feeds_224(tmp_path, data_dir):
+    results = train(["model=cnn", "norm=true", "trainer.fast_dev_run=true"], tmp_path, data_dir)
+    assert results["input_size"] == 224 and results["norm"] is True
+
+
+def test_two_epochs_learn_the_synthetic_set_and_results_json(tmp_path, data_dir):
+    results = train(["trainer.max_epochs=2"], tmp_path, data_dir)
+    on_disk = read_results(tmp_path)
+    assert on_disk == json.loads(json.dumps(results, default=str))
+    # 10 classes: chance is 10 %; the embedded set must be learnable in two epochs.
+    assert on_disk["test_acc"] > 0.5, on_disk["test_acc"]
+    assert on_disk["epochs"] == 2
+    assert len(on_disk["class_names"]) == on_disk["num_classes"] == 10
+    assert Path(on_disk["best_ckpt"]).is_file() and on_disk["checkpoint_mb"] > 0
+    assert on_disk["train_images_per_s"] > 0
+    assert on_disk["precision"] in {"bf16-mixed", "32-true"}
+    assert set(on_disk["per_class_acc"]) == set(on_disk["class_names"])
+    assert len(on_disk["confusion_matrix"]) == 10
+    # The checkpoint holds primitives only: it loads with weights_only=True.
+    ckpt = torch.load(on_disk["best_ckpt"], map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["model_name"] == "cnn"
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_real_fruits_sample_one_epoch(tmp_path, shared_data):
+    root = shared_data / "fruits-360-sample"
+    results = train(
+        ["model=cnn", "data=fruits", f"data.root={root}", "trainer.max_epochs=1"], tmp_path
+    )
+    assert results["num_classes"] == 95
+    assert results["data"] == "fruits" or results["data"] == "?"
+    assert read_results(tmp_path)["test_acc"] is not None
+
+
+def test_cli_prints_composed_config():
+    proc = cli("-m", "fruitnet.train", "--cfg", "job", "model=resnet50", "norm=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "name: resnet50" in proc.stdout and "norm: true" in proc.stdout
+
+
+def test_cli_multirun_two_jobs(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "-m", "fruitnet.train", "-m", "model=cnn,proxyless", "data=synthetic", "trainer.fast_dev_run=true",
+        "model.pretrained=false", "callbacks.model_size.latency=false", "data.num_workers=0",
+        f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = sorted(json.loads(p.read_text())["model"] for p in sweep.glob("*/results.json"))
+    assert models == ["cnn", "proxyless"]
+
+
+def test_configs_work_from_a_non_editable_install(tmp_path):
+    """Build the wheel, install it without -e into a folder, and compose from outside the repo."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+                   check=True, capture_output=True)  # fmt: skip
+    wheel = next(wheel_dir.glob("fruitnet-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True)  # fmt: skip
+    env = {"PYTHONPATH": str(site)}
+    where = cli("-c", "import fruitnet.config as c; print(c.__file__, c.CONFIG_PATH)",
+                cwd=tmp_path, env=env)  # fmt: skip
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.startswith(str(site)) and "pkg://fruitnet.conf" in where.stdout
+    proc = cli("-m", "fruitnet.train", "--cfg", "job", "model=proxyless", "data=fruits", "norm=true",
+               cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "name: proxyless" in proc.stdout and "layout: fruits" in proc.stdout
+    shutil.rmtree(site)
