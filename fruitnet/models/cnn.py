@@ -1,0 +1,62 @@
+"""The study's basic CNN: four conv/ReLU/max-pool stages and a two-layer classifier."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+CHANNELS = (3, 16, 32, 64, 128)
+HIDDEN = 625
+MIN_INPUT_SIZE = 16  # four 2x2 pools need at least 16 px to leave a 1x1 map
+
+
+def feature_side(input_size: int) -> int:
+    """Spatial side after the four floor-halving pools (100 -> 50 -> 25 -> 12 -> 6)."""
+    side = input_size
+    for _ in CHANNELS[1:]:
+        side //= 2
+    return side
+
+
+class BasicCNN(nn.Module):
+    """4 x [Conv3x3 s1 p1, ReLU, MaxPool2x2] (3->16->32->64->128), then
+    Flatten, Linear(flat, 625), ReLU, Dropout, Linear(625, num_classes).
+
+    The flattened width depends on ``input_size``, so the parameter count does too
+    (3,060,071 at 100x100 with 131 classes).
+    """
+
+    def __init__(self, *, num_classes: int, input_size: int = 100, dropout: float = 0.5) -> None:
+        super().__init__()
+        if input_size < MIN_INPUT_SIZE:
+            raise ValueError(f"cnn needs input_size >= {MIN_INPUT_SIZE}, got {input_size}")
+        self.input_size = input_size
+        self.features = nn.Sequential(OrderedDict(_conv_stages()))
+        flat = CHANNELS[-1] * feature_side(input_size) ** 2
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                flatten=nn.Flatten(),
+                fc1=nn.Linear(flat, HIDDEN),
+                relu=nn.ReLU(inplace=True),
+                dropout=nn.Dropout(dropout),
+                fc2=nn.Linear(HIDDEN, num_classes),
+            )
+        )
+        for layer in (self.classifier.fc1, self.classifier.fc2):
+            nn.init.xavier_uniform_(layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_stages() -> list[tuple[str, nn.Module]]:
+    layers: list[tuple[str, nn.Module]] = []
+    for i, (c_in, c_out) in enumerate(zip(CHANNELS[:-1], CHANNELS[1:], strict=True), start=1):
+        layers += [
+            (f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1)),
+            (f"relu{i}", nn.ReLU(inplace=True)),
+            (f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2)),
+        ]
+    return layers
