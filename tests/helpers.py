@@ -27,11 +27,13 @@ FAST = [
 ]
 
 
-def compose_cfg(overrides: list[str], run_dir: Path, data_dir: Path | None = None) -> DictConfig:
+def compose_cfg(
+    overrides: list[str], run_dir: Path, data_dir: Path | None = None, config_name: str = "train"
+) -> DictConfig:
     """Compose `train.yaml` with overrides; paths point into run_dir (and a shared data dir)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir)

@@ -1,0 +1,308 @@
+"""eval / predict / export: one tiny checkpoint, trained once, through every entry point."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli, compose_cfg, read_results, train
+from omegaconf import DictConfig
+from PIL import Image
+
+from fruitnet import plots
+from fruitnet.data import SyntheticDataModule
+from fruitnet.eval import ClassNamesError
+from fruitnet.eval import run as run_eval
+from fruitnet.export import load_exported, output_path, read_metadata
+from fruitnet.export import run as run_export
+from fruitnet.predict import PredictInputError, Predictor, load_classifier
+from fruitnet.predict import run as run_predict
+from fruitnet.runtime import CheckpointError
+
+# The synthetic set of the training run; eval must see the same one.
+SYNTHETIC = ["data=synthetic", "data.train_per_class=20", "data.test_per_class=8"]
+# Small batches so two epochs are ~20 steps: the model learns something, and its predictions
+# are not all one class (which would make "same accuracy" a weak check).
+TRAIN = [*SYNTHETIC, "trainer.max_epochs=2", "data.batch_size=16"]
+EVAL_FAST = ["trainer=cpu", "data.num_workers=0", "verbose=false"]
+
+
+def compose_entry(name: str, overrides: list[str], run_dir: Path, data_dir: Path) -> DictConfig:
+    """Compose conf/<name>.yaml like the CLI does, with every path inside run_dir."""
+    return compose_cfg(overrides, run_dir, data_dir, config_name=name)
+
+
+def assert_png(path: str | Path, min_side: int = 300) -> tuple[int, int]:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        pixels = np.asarray(img.convert("L"))
+    assert min(pixels.shape) >= min_side, pixels.shape
+    assert pixels.std() > 5, f"{path} looks blank"
+    return pixels.shape[1], pixels.shape[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir) -> SimpleNamespace:
+    run_dir = tmp_path_factory.mktemp("train")
+    results = train(TRAIN, run_dir, data_dir)
+    ckpt = Path(results["best_ckpt"])
+    dm = SyntheticDataModule(
+        root=data_dir / "synthetic", train_per_class=20, test_per_class=8, num_workers=0
+    )
+    dm.setup("test")
+    return SimpleNamespace(
+        run_dir=run_dir, results=results, ckpt=ckpt, test_paths=dm.test_set.paths
+    )
+
+
+@pytest.fixture
+def image_dir(trained, tmp_path) -> Path:
+    """Three test images (one in a subfolder) plus files predict must skip."""
+    root = tmp_path / "photos"
+    (root / "more").mkdir(parents=True)
+    for i, src in enumerate(trained.test_paths[:2]):
+        shutil.copy(src, root / f"img{i}.jpg")
+    shutil.copy(trained.test_paths[-1], root / "more" / "img2.jpg")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "notes.txt").write_text("not a picture\n")
+    return root
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def test_eval_cli_reproduces_the_training_test_accuracy(trained, data_dir, tmp_path):
+    out = tmp_path / "eval"
+    proc = cli(
+        "-m", "fruitnet.eval", f"ckpt_path={trained.ckpt}", *SYNTHETIC, *EVAL_FAST,
+        f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert abs(results["test_acc"] - trained.results["test_acc"]) <= 1e-6
+    assert 0.1 < results["test_acc"] <= 1.0
+    # Same schema as training's results.json (the report reads both).
+    assert set(trained.results) <= set(results)
+    assert results["class_names"] == trained.results["class_names"]
+    assert results["confusion_matrix"] == trained.results["confusion_matrix"]
+    assert results["task_name"] == "eval" and results["data"] == "synthetic"
+
+    with open(out / "per_class.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["class"] for r in rows] == trained.results["class_names"]
+    assert sum(int(r["support"]) for r in rows) == results["num_test"] == 80
+    for r in rows:
+        assert 0.0 <= float(r["precision"]) <= 1.0 and 0.0 <= float(r["recall"]) <= 1.0
+    assert_png(out / "confusion_matrix.png")
+    if results["num_mistakes"]:
+        assert_png(out / "mistakes.png", min_side=150)
+        with open(out / "mistakes.csv", newline="") as fh:
+            mistakes = list(csv.DictReader(fh))
+        assert len(mistakes) == results["num_mistakes"]
+        assert all(m["true"] != m["pred"] and Path(m["path"]).is_file() for m in mistakes)
+        probs = [float(m["prob"]) for m in mistakes]
+        assert probs == sorted(probs, reverse=True)
+
+
+def test_eval_norm_follows_the_checkpoint(trained, data_dir, tmp_path, caplog):
+    overrides = [f"ckpt_path={trained.ckpt}", *SYNTHETIC, *EVAL_FAST, "norm=true"]
+    cfg = compose_entry("eval", overrides, tmp_path, data_dir)
+    with caplog.at_level(logging.WARNING, logger="fruitnet.eval"):
+        results = run_eval(cfg)
+    assert "norm=True ignored" in caplog.text
+    assert results["norm"] is False and results["input_size"] == 100
+    assert abs(results["test_acc"] - trained.results["test_acc"]) <= 1e-6
+
+
+def _jpeg(path: Path, color: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), color).save(path)
+
+
+def test_eval_refuses_a_dataset_with_other_classes(trained, data_dir, tmp_path):
+    root = tmp_path / "other"
+    for split in ("Training", "Test"):
+        for i, name in enumerate(["Durian", "Synthetic Orange"]):
+            for j in range(2):
+                _jpeg(root / split / name / f"{j}.jpg", (200 * i, 100, 50 * j))
+    overrides = [f"ckpt_path={trained.ckpt}", "data=folder", f"data.root={root}", *EVAL_FAST]
+    cfg = compose_entry("eval", overrides, tmp_path / "run", data_dir)
+    with pytest.raises(ClassNamesError, match="Durian") as err:
+        run_eval(cfg)
+    assert "Synthetic Apple Red" in str(err.value)
+
+
+def test_eval_asks_for_the_data_root_and_says_what_training_used(trained, data_dir, tmp_path):
+    cfg = compose_entry("eval", [f"ckpt_path={trained.ckpt}", *EVAL_FAST], tmp_path, data_dir)
+    with pytest.raises(ValueError, match="data.root is required") as err:
+        run_eval(cfg)
+    assert "used data=synthetic" in str(err.value)
+
+
+def test_a_broken_checkpoint_is_named(trained, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained.ckpt.read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="truncated.ckpt"):
+        load_classifier(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.ckpt is not a fruitnet checkpoint"):
+        load_classifier(foreign)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_predict_feeds_the_network_what_the_datamodule_feeds(trained, data_dir):
+    dm = SyntheticDataModule(
+        root=data_dir / "synthetic", train_per_class=20, test_per_class=8, num_workers=0
+    )
+    dm.setup("test")
+    predictor = Predictor(load_classifier(trained.ckpt))
+    for i in (0, len(dm.test_set) - 1):
+        image, _ = dm.test_set[i]
+        mine = predictor.decode(dm.test_set.paths[i])
+        assert torch.equal(mine, image)
+        assert torch.equal(predictor.transform(mine), dm.batch_transform(image.unsqueeze(0)))
+
+
+def test_predict_a_folder_one_row_per_image(trained, data_dir, image_dir, tmp_path, caplog):
+    output = tmp_path / "preds.json"
+    overrides = [f"ckpt_path={trained.ckpt}", f"input={image_dir}", "topk=3", f"output={output}"]
+    cfg = compose_entry("predict", overrides, tmp_path / "run", data_dir)
+    with caplog.at_level(logging.INFO, logger="fruitnet.predict"):
+        rows = run_predict(cfg)
+    assert "skipped 2 non-image file(s)" in caplog.text
+    names = set(trained.results["class_names"])
+    assert [Path(r["path"]).name for r in rows] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    for r in rows:
+        probs = [p for _, p in r["topk"]]
+        assert len(r["topk"]) == 3 and {c for c, _ in r["topk"]} <= names
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    on_disk = json.loads(output.read_text())
+    assert [Path(r["path"]).name for r in on_disk] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert on_disk[0]["topk"][0]["class"] == rows[0]["topk"][0][0]
+
+
+def test_predict_names_a_non_image_input(trained, data_dir, image_dir, tmp_path):
+    for bad, message in [("notes.txt", "notes.txt is not a readable image"), ("nope", "not found")]:
+        overrides = [f"ckpt_path={trained.ckpt}", f"input={image_dir / bad}"]
+        cfg = compose_entry("predict", overrides, tmp_path / "run", data_dir)
+        with pytest.raises(PredictInputError, match=message):
+            run_predict(cfg)
+
+
+def test_predict_cli_writes_preds_csv(trained, image_dir, tmp_path):
+    out = tmp_path / "predict"
+    proc = cli(
+        "-m", "fruitnet.predict", f"ckpt_path={trained.ckpt}", f"input={image_dir}",
+        "topk=2", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top-1" in proc.stdout and "img2.jpg" in proc.stdout
+    with open(out / "preds.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert all(r["class_1"] in trained.results["class_names"] for r in rows)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _check_roundtrip(path: Path, fmt: str, trained) -> None:
+    meta = read_metadata(path)
+    assert meta["class_names"] == trained.results["class_names"]
+    assert meta["preprocess"]["size"] == 100 and meta["model_name"] == "cnn"
+    predictor = Predictor(load_classifier(trained.ckpt))
+    runner = load_exported(path, fmt)
+    for paths in (trained.test_paths[:1], trained.test_paths[:5]):  # batch 1 and 5: dynamic N
+        images = torch.stack([predictor.decode(p) for p in paths])
+        logits, probs = runner(images.numpy())
+        assert logits.shape == (len(paths), len(meta["class_names"]))
+        np.testing.assert_allclose(probs, predictor.probs(images).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "exported_program"])
+def test_export_round_trips(fmt, trained, data_dir, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx]/[dev] extras")
+    cfg = compose_entry(
+        "export",
+        [f"ckpt_path={trained.ckpt}", f"format={fmt}", "latency_iters=5"],
+        tmp_path,
+        data_dir,
+    )
+    record = run_export(cfg)
+    path = Path(record["output"])
+    assert path.is_file() and record["file_mib"] > 0
+    assert record["max_abs_diff_logits"] <= 1e-4 and record["max_abs_diff_probs"] <= 1e-4
+    assert record["latency_ms_b1_pytorch"] > 0 and record["latency_ms_b1_exported"] > 0
+    assert json.loads(Path(f"{path}.json").read_text())["output"] == str(path)
+    _check_roundtrip(path, fmt, trained)
+
+
+def test_export_output_suffix_follows_the_format(tmp_path):
+    assert output_path(None, tmp_path, "exported_program") == tmp_path / "model.pt2"
+    assert output_path("m.ts", tmp_path, "torchscript") == Path("m.ts")
+    with pytest.raises(ValueError, match=r"format=exported_program must end in \.pt2"):
+        output_path("model.onnx", tmp_path, "exported_program")
+    with pytest.raises(ValueError, match="format must be one of"):
+        output_path(None, tmp_path, "tflite")
+
+
+def test_export_cli_torchscript(trained, tmp_path):
+    output = tmp_path / "fruits.pt"
+    proc = cli(
+        "-m", "fruitnet.export", f"ckpt_path={trained.ckpt}", "format=torchscript",
+        f"output={output}", "latency_iters=5", f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "outputs match PyTorch" in proc.stdout + proc.stderr
+    _check_roundtrip(output, "torchscript", trained)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_confusion_helpers_small_and_large():
+    cm = np.diag([5, 5, 5])
+    cm[0, 2] = 3
+    cm[1, 0] = 1
+    names = ["a", "b", "c"]
+    assert plots.top_confusions(cm, names) == [("a", "c", 3, 3 / 8), ("b", "a", 1, 1 / 6)]
+    assert plots.most_confused_classes(cm, 2) == [0, 2]
+    assert len(plots.confusion_matrix_figure(cm, names).axes) == 2  # matrix + colour bar
+    big = np.eye(40, dtype=int) * 3
+    big[5, 7] = 2
+    fig = plots.confusion_matrix_figure(big, [f"class {i}" for i in range(40)])
+    assert len(fig.axes) == 3  # most-confused matrix + colour bar + table
+
+
+def test_eval_figures_with_95_real_classes(shared_data, tmp_path):
+    root = shared_data / "fruits-360-small"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    data = ["data=fruits", f"data.root={root}", "data.max_samples_per_class=4"]
+    results = train([*data, "trainer.max_epochs=1"], tmp_path / "train")
+    assert results["num_classes"] == 95
+    cfg = compose_entry(
+        "eval",
+        [f"ckpt_path={results['best_ckpt']}", *data, *EVAL_FAST],
+        tmp_path / "eval",
+        tmp_path,
+    )
+    ev = run_eval(cfg)
+    assert ev["num_classes"] == 95
+    assert abs(ev["test_acc"] - results["test_acc"]) <= 1e-6
+    width, height = assert_png(ev["artifacts"]["confusion_matrix_png"], min_side=800)
+    assert width > height  # the most-confused matrix plus the table beside it
+    assert_png(ev["artifacts"]["mistakes_png"], min_side=150)
