@@ -122,8 +122,9 @@ def newest_checkpoint(directory: Path) -> Path | None:
     return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, runs_dir: Path) -> str | None:
-    """`ckpt_path=last`: newest checkpoint of this run dir, else of the newest earlier run."""
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, runs_dir: Path | None) -> str | None:
+    """`ckpt_path=last`: newest checkpoint of this run dir, else (when runs_dir is given) of the
+    newest earlier run under runs_dir."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
@@ -132,6 +133,10 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, runs_dir: Path) -
     own = newest_checkpoint(Path(output_dir) / "checkpoints")
     if own is not None:
         return str(own)
+    if runs_dir is None:
+        raise CheckpointError(
+            f"ckpt_path=last: no checkpoint in {Path(output_dir) / 'checkpoints'}"
+        )
     candidates = [
         c
         for d in Path(runs_dir).glob("*/checkpoints")

@@ -136,3 +136,15 @@ def test_configs_work_from_a_non_editable_install(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "name: proxyless" in proc.stdout and "layout: fruits" in proc.stdout
     shutil.rmtree(site)
+
+
+def test_every_trainer_argument_is_settable_from_the_command_line(tmp_path):
+    import inspect
+
+    import lightning as L
+
+    built_by_fruitnet = {"self", "callbacks", "logger", "plugins"}
+    args = set(inspect.signature(L.Trainer.__init__).parameters) - built_by_fruitnet
+    cfg = compose_cfg(["trainer.fast_dev_run=true", "trainer.max_time=00:00:10:00"], tmp_path)
+    missing = args - set(cfg.trainer)
+    assert not missing, f"conf/trainer/default.yaml lacks {sorted(missing)}"
