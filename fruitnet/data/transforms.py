@@ -1,0 +1,146 @@
+"""Preprocessing: the per-image resize/crop spec, and the batch-level float/augment/normalize step.
+
+Per image (in `fruitnet.data.io.load_image`, on the loader side) only the geometry is fixed, so
+datasets and the decoded-image cache hold uint8. Everything else runs on whole batches after they
+reach the device (`BatchTransform`, called from the datamodule's ``on_after_batch_transfer``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "AUGMENTS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BatchTransform",
+    "preprocess_spec",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTS = ("none", "basic")
+
+
+def preprocess_spec(norm: bool, image_size: int | None = None) -> dict:
+    """The preprocessing dict stored in checkpoints (see docs/ARCHITECTURE.md).
+
+    ``norm=True``: the ProxylessNAS/ImageNet eval pipeline: shorter side 256, center crop 224,
+    ImageNet mean/std. ``norm=False``: squash to ``image_size x image_size``, values /255 only.
+    ``crop`` None means ``resize`` is a square side (see `fruitnet.data.io.resize_crop`).
+    """
+    if norm:
+        return {
+            "resize": 256,
+            "crop": 224,
+            "size": 224,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        }
+    if image_size is None or int(image_size) < 1:
+        raise ValueError(f"norm=false needs a positive image_size, got {image_size!r}")
+    size = int(image_size)
+    return {"resize": size, "crop": None, "size": size, "mean": [0.0] * 3, "std": [1.0] * 3}
+
+
+def image_spec(spec: dict) -> dict:
+    """The geometry part of a preprocess dict, as keyword args for `load_image`/`resize_crop`."""
+    return {"resize": spec["resize"], "crop": spec["crop"], "size": spec["size"]}
+
+
+class BatchTransform(nn.Module):
+    """uint8 ``N x 3 x H x W`` -> normalized float32, with optional training augmentation.
+
+    ``augment="basic"`` draws its parameters per sample: a torchvision v2 transform draws one set
+    per call, so applied to a batch it would flip or rotate every image the same way.
+    Mean/std are kept as plain floats, so the module works on whatever device the batch is on
+    without being registered anywhere.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        *,
+        augment: str = "none",
+        channels_last: bool = False,
+        max_rotate: float = 10.0,
+        max_translate: float = 0.05,
+        scale: tuple[float, float] = (0.9, 1.1),
+        jitter: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+        self.augment = augment
+        self.channels_last = channels_last
+        self.max_rotate = max_rotate
+        self.max_translate = max_translate
+        self.scale = scale
+        self.jitter = jitter
+        self._identity_norm = self.mean == [0.0] * 3 and self.std == [1.0] * 3
+
+    def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"BatchTransform expects a uint8 batch, got {x.dtype}")
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        x = F.to_dtype(x, torch.float32, scale=True)
+        if train and self.augment == "basic":
+            x = self._basic(x)
+        if not self._identity_norm:
+            x = F.normalize(x, mean=self.mean, std=self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _basic(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = self._affine(x)
+        return self._color_jitter(x).clamp_(0.0, 1.0)
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        dev = x.device
+        angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(self.max_rotate)
+        lo, hi = self.scale
+        zoom = lo + torch.rand(n, device=dev) * (hi - lo)
+        shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * self.max_translate)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        )
+        grid = nnf.affine_grid(theta, list(x.shape), align_corners=False)
+        # Border padding repeats the edge: white for Fruits-360, dark for X-rays; a constant fill
+        # would paint a frame that no test image has.
+        return nnf.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+    def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+
+        def factors() -> torch.Tensor:
+            return 1 + (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * self.jitter
+
+        x = x * factors()  # brightness
+        mean = F.rgb_to_grayscale(x).mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * factors() + mean  # contrast
+        gray = F.rgb_to_grayscale(x)
+        return gray + (x - gray) * factors()  # saturation
+
+    def extra_repr(self) -> str:
+        return (
+            f"mean={self.mean}, std={self.std}, augment={self.augment!r}, "
+            f"channels_last={self.channels_last}"
+        )
