@@ -1,4 +1,5 @@
-"""fruitnet's own Lightning callbacks: model size/cost, finite-loss guard, training throughput.
+"""fruitnet's own Lightning callbacks: model size/cost, finite-loss guard, training throughput,
+random-state checkpointing, and a ModelCheckpoint whose periodic saves work in the first epoch.
 
 Lightning has no callback for any of these three (ModelSummary prints params but neither FLOPs at
 the run's input size, latency nor checkpoint size; EarlyStopping's check_finite only looks at the
@@ -8,11 +9,15 @@ monitored metric at validation time, after the weights are already NaN).
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckpoint
 
 from fruitnet.models import profile
 
@@ -83,8 +88,47 @@ class ModelSizeCallback(L.Callback):
         )
 
 
+class ModelCheckpoint(_LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that `every_n_train_steps` only refreshes last.ckpt (the
+    resume point), from the first step on, while the monitored top-k is ranked at validation only.
+
+    Lightning's own `every_n_train_steps` (2.6) defers every periodic save, last.ckpt included,
+    until the monitored metric exists, so the whole first epoch gets no checkpoint (a SIGKILL or a
+    NaN there loses everything); later it ranks mid-epoch weights by the previous validation's
+    score, which they never had, and it stops the top-k save at validation end altogether.
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_every_n_train_steps = int(every_n_train_steps or 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_train_steps
+        if n < 1 or not self.save_last or trainer.global_step % n != 0:
+            return
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        saved_step = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # A validation right after this step must still rank the top-k (Lightning skips every
+        # save at a step that already has one).
+        self._last_global_step_saved = saved_step
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> str:
+    """Newest file any checkpoint callback wrote (a periodic one may not be the first callback)."""
+    paths = {
+        path
+        for cb in trainer.checkpoint_callbacks
+        for path in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+        if path and os.path.isfile(path)
+    }
+    return max(paths, key=lambda p: os.stat(p).st_mtime_ns) if paths else ""
 
 
 class FiniteLossGuard(L.Callback):
@@ -100,8 +144,7 @@ class FiniteLossGuard(L.Callback):
     ) -> None:
         if bool(torch.isfinite(loss.detach()).all()):
             return
-        ckpt = trainer.checkpoint_callback
-        last_good = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+        last_good = _newest_checkpoint(trainer)
         hint = (
             f"last good checkpoint: {last_good} (resume with ckpt_path={last_good} and a lower "
             "optimizer.lr, or gradient clipping via trainer.gradient_clip_val)"
@@ -158,3 +201,53 @@ class TrainThroughput(L.Callback):
         images = sum(n for n, _ in epochs)
         seconds = sum(s for _, s in epochs)
         return images / seconds if seconds > 0 else None
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the global random states (torch, CUDA, numpy, Python) in every checkpoint and puts
+    them back when a run resumes, so dropout masks and augmentations after a resume are the ones
+    an uninterrupted run draws (Lightning checkpoints no random state).
+
+    The states are applied in `on_train_start`, the last hook before the first resumed batch on
+    both a mid-epoch and an epoch-end resume (`on_train_epoch_start` is skipped mid-epoch).
+    Everything is stored as tensors, ints and lists, so `weights_only=True` loading accepts it.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, py_state, py_gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
+            "python": {"version": int(version), "state": list(py_state), "gauss": py_gauss},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        if "numpy" in state:
+            n = state["numpy"]
+            keys = n["keys"].numpy().astype(np.uint32)
+            np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+        if "python" in state:
+            p = state["python"]
+            random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+        log.info("restored the random number generator states of the checkpoint")

@@ -57,7 +57,7 @@ class ClassifierModule(L.LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        pretrained: bool = False,
+        pretrained: bool | str = False,
         weights: str | None = None,
         class_names: list[str] | None = None,
         task: str = "multiclass",

@@ -9,6 +9,7 @@ checkpoint; write results.json into the run directory.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from fruitnet.callbacks import ModelSizeCallback, TrainThroughput
+from fruitnet.callbacks import ModelSizeCallback, RNGStateCheckpoint, TrainThroughput
 from fruitnet.config import CONFIG_PATH, instantiate_group, to_primitive
 from fruitnet.module import ClassifierModule
 from fruitnet.results import environment, file_mib, test_metrics, write_json
@@ -42,7 +45,7 @@ def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
         optimizer=to_primitive(cfg.optimizer),
         scheduler=to_primitive(cfg.get("scheduler")) or None,
         model_kwargs=to_primitive(cfg.model.get("kwargs")) or {},
-        pretrained=bool(cfg.model.pretrained),
+        pretrained=cfg.model.pretrained,
         weights=cfg.model.get("weights"),
         class_names=list(dm.class_names),
         task=dm.task,
@@ -81,7 +84,7 @@ def _find(callbacks: list, kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
-def _hydra_choices() -> tuple[dict[str, Any], list[str]]:
+def hydra_choices() -> tuple[dict[str, Any], list[str]]:
     """Chosen group options and command-line overrides (empty when composed without Hydra's app)."""
     if not HydraConfig.initialized():
         return {}, []
@@ -89,10 +92,29 @@ def _hydra_choices() -> tuple[dict[str, Any], list[str]]:
     return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
 
 
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject switches that Hydra accepts as strings but Python would read as true (norm=maybe)."""
+    for key in ("norm", "train", "test"):
+        value = cfg.get(key)
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as configured; returns the results written to results.json."""
+    check_config(cfg)
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    # Resolved first, so a missing checkpoint fails before the dataset is scanned. In a multirun the
+    # sibling folders are other jobs with other configs: only this job's own folder counts.
+    runs_dir = None if _is_multirun() else output_dir.parent
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_dir)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
 
     dm = hydra.utils.instantiate(cfg.data)
@@ -104,30 +126,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         init_weights_from(module, cfg.init_from)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if _find(callbacks, RNGStateCheckpoint) is None:
+        # Always on: without it a resumed run draws other dropout masks than an uninterrupted one.
+        callbacks.append(RNGStateCheckpoint())
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, output_dir.parent)
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    # Read before trainer.test(), which replaces callback_metrics with the test metrics.
+    val_best = trainer.callback_metrics.get("val/acc_best")
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    # Read before trainer.test(ckpt_path=best): that restores the ModelCheckpoint state saved with
+    # the best checkpoint, whose last_model_path is "" when the best epoch was the run's first.
+    last = (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None
 
     metrics: dict[str, Any] = {}
     if cfg.get("test", True):
         if best is None:
-            log.warning("no best checkpoint (fast_dev_run or checkpointing off): testing current weights")
+            log.warning(
+                "no best checkpoint (fast_dev_run or checkpointing off): testing current weights"
+            )
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True)
         metrics = test_metrics(trainer.callback_metrics, list(dm.class_names), module.test_details)
 
     size = _find(callbacks, ModelSizeCallback)
     speed = _find(callbacks, TrainThroughput)
-    val_best = trainer.callback_metrics.get("val/acc_best")
     if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
         val_best = ckpt_cb.best_model_score
-    choices, overrides = _hydra_choices()
+    choices, overrides = hydra_choices()
     results = {
         "model": cfg.model.name,
         "data": choices.get("data", "?"),
@@ -143,6 +171,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
         "lr": float(cfg.optimizer.lr),
         "seed": cfg.seed,
+        "pretrained": cfg.model.pretrained,
+        "weights_source": getattr(module.net, "weights_source", None),
         **(size.stats if size is not None else {}),
         "checkpoint_mb": file_mib(best),
         "test_acc": metrics.get("test_acc"),
@@ -155,10 +185,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": device_name(cfg.trainer.accelerator),
         "precision": str(trainer.precision),
         "best_ckpt": best,
-        "last_ckpt": (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+        "last_ckpt": last,
         "resumed_from": ckpt_path,
         "run_dir": str(output_dir),
         "overrides": overrides,
+        "task_name": cfg.get("task_name", "train"),
         **environment(),
     }
     if trainer.is_global_zero:
@@ -176,6 +207,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
+    except SIGTERMException as stop:
+        # Lightning stops on SIGTERM with SystemExit() = status 0 once OnExceptionCheckpoint has
+        # saved; a run that did not finish must not look successful to a shell or a scheduler.
+        log.error(
+            "fruitnet: stopped by SIGTERM before the run finished; resume with ckpt_path=last "
+            "hydra.run.dir=%s",
+            cfg.paths.output_dir,
+        )
+        raise SystemExit(128 + signal.SIGTERM) from stop
     except Exception as err:
         # One readable line first; Hydra then reports the job failure (a sweep goes on).
         log.error("fruitnet: %s", err)

@@ -210,6 +210,21 @@ def test_proxyless_pretrained_from_hub_cache():
     assert torch.equal(full.classifier.linear.weight, state["classifier.linear.weight"])
 
 
+def test_pretrained_auto_uses_cached_weights_else_random_init(caplog):
+    offline = create_model("proxyless", num_classes=3, pretrained="auto")
+    assert offline.weights_source is None
+    assert "random init" in caplog.text and "model.weights" in caplog.text
+    ref = randomized(create_model("proxyless", num_classes=1000))
+    state = without_counters(ref.state_dict())
+    torch.save({"state_dict": state}, hub_checkpoints() / "proxyless_gpu.pth")
+    with pytest.warns(UserWarning, match="not byte-identical"):
+        cached = create_model("proxyless", num_classes=3, pretrained="auto")
+    assert cached.weights_source == str(hub_checkpoints() / "proxyless_gpu.pth")
+    assert_backbone_equal(cached, state, "classifier.linear")
+    with pytest.raises(ValueError, match="true, false or auto"):
+        create_model("proxyless", num_classes=3, pretrained="yes")
+
+
 def test_resnet50_pretrained_from_hub_cache():
     ref = randomized(create_model("resnet50", num_classes=1000))
     file_name = Path(ResNet50_Weights.IMAGENET1K_V2.url).name  # torchvision's cache name

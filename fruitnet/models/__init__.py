@@ -8,6 +8,7 @@ file's head first (1000 classes for ImageNet), and only then is the head swapped
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +46,8 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def create_model(
     *,
     num_classes: int,
     input_size: int | None = None,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     weights: str | Path | None = None,
     **kwargs: object,
 ) -> nn.Module:
@@ -116,8 +119,12 @@ def create_model(
 
     ``weights=PATH`` (a state_dict or a checkpoint with ``"state_dict"``) takes precedence over
     ``pretrained``, so ``model.weights=PATH`` works as the offline alternative without also
-    having to switch ``pretrained`` off.
+    having to switch ``pretrained`` off. ``pretrained="auto"`` uses the ImageNet weights when they
+    are cached or downloadable and otherwise warns and starts from random init; ``True`` insists.
+    The file the weights came from (or None) is kept as ``model.weights_source``.
     """
+    if pretrained not in (True, False, "auto"):
+        raise ValueError(f"pretrained must be true, false or auto, got {pretrained!r}")
     spec = get_model_spec(name)
     _check_kwargs(spec, kwargs)
     if num_classes < 1:
@@ -127,15 +134,28 @@ def create_model(
     if weights:  # "" from a config override means "no file", like None
         path = Path(weights).expanduser()
         return _from_state(build, spec, load_state_dict_file(path), num_classes, str(path))
+    if pretrained == "auto" and spec.weights_source is None:
+        pretrained = False
     if pretrained:
         if spec.weights_source is None:
             raise ValueError(
                 f"no pretrained weights for {spec.name}: use model.pretrained=false, "
                 "or model.weights=PATH for a file of your own"
             )
-        path = fetch(spec.weights_source(**kwargs), model=spec.name)
-        return _from_state(build, spec, load_state_dict_file(path), num_classes, str(path))
-    return build(num_classes=num_classes)
+        try:
+            path = fetch(spec.weights_source(**kwargs), model=spec.name)
+        except WeightsUnavailableError as err:
+            if pretrained is True:
+                raise
+            log.warning("pretrained=auto: training %s from random init. %s", spec.name, err)
+        else:
+            return _from_state(build, spec, load_state_dict_file(path), num_classes, str(path))
+    return _tag(build(num_classes=num_classes), None)
+
+
+def _tag(model: nn.Module, source: str | None) -> nn.Module:
+    model.weights_source = source
+    return model
 
 
 def _check_kwargs(spec: ModelSpec, kwargs: Mapping[str, object]) -> None:
@@ -164,7 +184,7 @@ def _from_state(
     if file_classes == num_classes:
         model = build(num_classes=num_classes)
         load_checked(model, state, source=source)
-        return model
+        return _tag(model, source)
     donor = build(num_classes=file_classes or IMAGENET_CLASSES)
     load_checked(donor, state, source=source)
     # The fresh head keeps the architecture's own init (e.g. Xavier for the cnn).
@@ -174,7 +194,7 @@ def _from_state(
     result = model.load_state_dict(backbone, strict=False)
     if result.unexpected_keys or any(not k.startswith(head_prefix) for k in result.missing_keys):
         raise RuntimeError(f"head swap for {spec.name} left backbone keys unloaded: {result}")
-    return model
+    return _tag(model, source)
 
 
 register_model(
