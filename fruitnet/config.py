@@ -15,7 +15,9 @@ _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # A source checkout (editable install, or `python -m` from the repo) uses conf/ directly, so edits
 # show up at once; a wheel install ships the same files as the package `fruitnet.conf`.
-CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "train.yaml").is_file() else "pkg://fruitnet.conf"
+CONFIG_PATH = (
+    str(_SOURCE_CONF) if (_SOURCE_CONF / "train.yaml").is_file() else "pkg://fruitnet.conf"
+)
 CONFIG_MODULE = "fruitnet.conf"
 
 

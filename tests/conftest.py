@@ -25,7 +25,9 @@ def shared_data_dir() -> Path | None:
 def shared_data() -> Path:
     path = shared_data_dir()
     if path is None:
-        pytest.skip("real sample data not found: set FRUITNET_SHARED_DATA or put shared/ beside the repo")
+        pytest.skip(
+            "real sample data not found: set FRUITNET_SHARED_DATA or put shared/ beside the repo"
+        )
     return path
 
 
