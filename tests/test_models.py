@@ -146,6 +146,17 @@ def test_cnn_layout_and_init():
         create_model("cnn", num_classes=2, input_size=15)
 
 
+def test_cnn_computes_the_study_order_conv_relu_pool():
+    model = create_model("cnn", num_classes=7).eval()
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    study = torch.nn.Sequential(
+        *[layer for c in convs for layer in (c, torch.nn.ReLU(), torch.nn.MaxPool2d(2))]
+    )
+    x = torch.randn(2, 3, 100, 100)
+    with torch.no_grad():
+        assert torch.equal(model.features(x), study(x))
+
+
 def test_proxyless_structure():
     model = create_model("proxyless", num_classes=1000)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -1,0 +1,792 @@
+"""fruitnet speed benchmark: fruitnet.train against the study's plain fp32 PyTorch loop.
+
+    python bench/bench.py                        # full run -> bench/RESULTS.md (make bench)
+    python bench/bench.py --quick                # tiny settings: checks the script end to end
+    python bench/bench.py --device cpu --out /tmp/cpu.md
+
+In one process, on one machine, it measures:
+1. train-step images/s per model on pre-made random tensors (so it times the step, not data):
+   (a) the study's plain fp32 loop, contiguous tensors;
+   (b) the same loop with fruitnet's settings (channels_last, and the autocast dtype that
+       `trainer.precision=auto` picks on this machine);
+   (c) fruitnet.train itself: the Hydra-composed ClassifierModule, callbacks, logger and Trainer,
+       fed uint8 batches through fruitnet's own on_after_batch_transfer;
+2. data-loading images/s: torchvision ImageFolder + PIL + ToTensor (the study) against
+   fruitnet's decoded-image cache (data.cache=true, cache already built, second epoch);
+3. accuracy: the basic CNN trained by fruitnet.train in fp32 and in bf16, same seed and epochs.
+Then it writes a markdown table with PASS/MISS per target (nothing is asserted). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import logging
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from fruitnet.config import CONFIG_MODULE, CONFIG_PATH, instantiate_group
+from fruitnet.data import BatchTransform, ImageFolderDataModule, auto_num_workers, preprocess_spec
+from fruitnet.models import create_model
+from fruitnet.runtime import cpu_has_fast_bf16, cpu_name, resolve_precision
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "fruits-360-small"
+NUM_CLASSES = 95  # fruits-360-small (release 2019.01.16.0)
+FULL_FRUITS_TRAIN = 48_905  # Training images of that full release (for the 40-epoch estimate)
+STUDY_EPOCHS = 40
+SEED = 0
+
+# Step-benchmark cases: (model, input size, norm, batch size on the CPU, batch size on a GPU).
+# The study fed every model 100x100 with norm=false (and 224 with norm=true); the CPU batch sizes
+# keep an fp32 step of the big models to a few seconds on 2 cores.
+CASES = [
+    ("cnn", 100, False, 128, 128),
+    ("proxyless", 100, False, 64, 128),
+    ("resnet50", 100, False, 32, 128),
+    ("proxyless", 224, True, 32, 128),
+]
+QUICK_BATCH = {"cnn": 16, "proxyless": 8, "resnet50": 8}
+
+TARGETS = {
+    "c/a cnn": 4.0,
+    "c/a big": 2.0,
+    "c/b": 0.95,
+    "cache": 10.0,
+    "acc_points": 1.0,
+}
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def find_data(arg: str | None) -> Path:
+    """--data, else $FRUITNET_SHARED_DATA/fruits-360-small, else <repo>/../shared/data/..."""
+    candidates = [Path(arg)] if arg else []
+    env = os.environ.get("FRUITNET_SHARED_DATA")
+    if env:
+        candidates.append(Path(env) / DATASET)
+    candidates.append(REPO.parent / "shared" / "data" / DATASET)
+    for c in candidates:
+        if (c / "Training").is_dir() and (c / "Test").is_dir():
+            return c
+    tried = "\n  ".join(str(c) for c in candidates)
+    sys.exit(
+        f"bench: {DATASET} not found (a folder with Training/ and Test/). Tried:\n  {tried}\n"
+        "Pass --data PATH or set FRUITNET_SHARED_DATA to the folder that holds it."
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return None
+
+
+def steps_for(rate: float, batch: int, seconds: float, lo: int, hi: int) -> int:
+    """Steps that take about `seconds` at `rate` images/s, clamped to [lo, hi]."""
+    if seconds <= 0 or rate <= 0:
+        return lo
+    return max(lo, min(hi, math.ceil(seconds * rate / batch)))
+
+
+def random_pool(batch: int, size: int, pool: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pool` batches of random uint8 images and labels (the same pixels for a, b and c)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (pool * batch, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, NUM_CLASSES, (pool * batch,), generator=g)
+    return images, labels
+
+
+def compose_cfg(overrides: list[str], run_dir: Path, cache_root: Path):
+    """`train.yaml` composed like `python -m fruitnet.train <overrides>`, paths into run_dir."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    if CONFIG_PATH.startswith("pkg://"):
+        init = initialize_config_module(CONFIG_MODULE, version_base="1.3")
+    else:
+        init = initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3")
+    with init:
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(run_dir)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.log_dir = str(run_dir / "logs")
+        cfg.paths.cache_dir = str(cache_root)
+    return cfg
+
+
+def device_overrides(device: torch.device) -> list[str]:
+    # One device either way: `devices=auto` would start DDP on a multi-GPU machine.
+    return (
+        ["trainer=cpu"]
+        if device.type == "cpu"
+        else ["trainer.accelerator=gpu", "trainer.devices=1"]
+    )
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "fruitnet"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Expected here: few DataLoader workers on 2 cores, no val loop, short epochs.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    warnings.filterwarnings("ignore", message=".*is larger than the.*split.*")
+    # Lightning's note whenever OnExceptionCheckpoint is present and there is nothing to resume.
+    warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+# ----------------------------------------------------------------------------- (a), (b): plain loop
+
+
+def plain_loop(
+    name: str,
+    size: int,
+    norm: bool,
+    batch: int,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    dtype: torch.dtype | None,
+    warmup: int,
+    seconds: float,
+    min_steps: int,
+    max_steps: int,
+) -> dict:
+    """The study's training loop on pre-made float batches; images/s over the steps after warm-up."""
+    torch.manual_seed(SEED)
+    model = create_model(name, num_classes=NUM_CLASSES, input_size=size).to(device)
+    images, labels = random_pool(batch, size, pool=2, seed=SEED)
+    spec = preprocess_spec(norm, size)
+    x_all = BatchTransform(spec["mean"], spec["std"])(images).to(device)  # float, normalised
+    batches = list(zip(x_all.split(batch), labels.to(device).split(batch), strict=True))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def step(i: int) -> None:
+        x, y = batches[i % len(batches)]
+        x = x.contiguous(memory_format=fmt)
+        optimizer.zero_grad()
+        with autocast:
+            loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    warm = []
+    for i in range(warmup):
+        sync(device)
+        t0 = time.perf_counter()
+        step(i)
+        sync(device)
+        warm.append(time.perf_counter() - t0)
+    steps = steps_for(batch / min(warm), batch, seconds, min_steps, max_steps)
+    per_step = []
+    sync(device)
+    t0 = last = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+        if device.type == "cpu":  # free on the CPU; a GPU would stall on a per-step sync
+            now = time.perf_counter()
+            per_step.append(now - last)
+            last = now
+    sync(device)
+    return result(steps, batch, time.perf_counter() - t0, per_step)
+
+
+def result(steps: int, batch: int, seconds: float, per_step: list[float]) -> dict:
+    """images/s over the whole window, and over the median step (CPU only: robust to spikes)."""
+    median = statistics.median(per_step) if per_step else None
+    return {
+        "images_per_s": steps * batch / seconds,
+        "median_images_per_s": batch / median if median else None,
+        "steps": steps,
+        "seconds": seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- (c): fruitnet.train
+
+
+class InMemoryDataModule(ImageFolderDataModule):
+    """ImageFolderDataModule with the files swapped for in-memory uint8 tensors.
+
+    Batches reach the model through the real `on_after_batch_transfer` (BatchTransform: uint8 ->
+    float, normalisation) exactly as in training; only decoding is left out.
+    """
+
+    def __init__(self, images, labels, *, steps: int, batch_size: int, norm: bool, size: int):
+        super().__init__(root=None, norm=norm, image_size=size, batch_size=batch_size)
+        self.images, self.labels, self.steps = images, labels, steps
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.batch_transform is not None:
+            return
+        spec = preprocess_spec(self.norm, self.image_size)
+        self.num_classes = NUM_CLASSES
+        self.class_names = [f"class_{i}" for i in range(NUM_CLASSES)]
+        self.input_size = spec["size"]
+        self.task = "multiclass"
+        self.class_weights = None
+        self.preprocess = spec
+        self.layout = "memory"
+        self.batch_transform = BatchTransform(
+            spec["mean"], spec["std"], augment=self.augment, channels_last=self.channels_last
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.labels)
+        cycled = Subset(
+            TensorDataset(self.images, self.labels),
+            [i % n for i in range(self.steps * self.batch_size)],
+        )
+        return DataLoader(
+            cycled,
+            batch_size=self.batch_size,
+            num_workers=0,
+            pin_memory=self.pin_memory,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> list:
+        return []
+
+
+class StepTimer(L.Callback):
+    """Wall time from the end of the last warm-up batch to the end of the last batch.
+
+    Everything Lightning does between those points (fetch, transfer, batch transform, step,
+    logging, progress bar, callbacks) is in the window. On a GPU it syncs only at those two
+    batches; on the CPU it also keeps every step's time (for the median).
+    """
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.marks: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last = self.warmup + self.steps - 1
+        if batch_idx < self.warmup - 1 or batch_idx > last:
+            return
+        cpu = pl_module.device.type == "cpu"
+        if cpu or batch_idx in (self.warmup - 1, last):
+            sync(pl_module.device)
+            self.marks.append(time.perf_counter())
+
+    def result(self, batch: int) -> dict:
+        if len(self.marks) < 2:
+            raise RuntimeError(f"the trainer stopped before {self.warmup + self.steps} batches")
+        per_step = [b - a for a, b in zip(self.marks[:-1], self.marks[1:], strict=True)]
+        cpu_steps = per_step if len(per_step) == self.steps else []
+        return result(self.steps, batch, self.marks[-1] - self.marks[0], cpu_steps)
+
+
+def lightning_loop(
+    name: str,
+    size: int,
+    norm: bool,
+    batch: int,
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    run_dir: Path,
+    cache_root: Path,
+) -> dict:
+    """fruitnet.train's module, callbacks, logger and trainer (its defaults) on in-memory data."""
+    from omegaconf import open_dict
+
+    from fruitnet.train import build_module, build_trainer
+
+    overrides = [
+        f"model={name}",
+        f"norm={str(norm).lower()}",
+        "model.pretrained=false",  # random init: same speed, no download
+        f"data.batch_size={batch}",
+        # Fit-start only, outside the timed window: off to save bench time and console noise.
+        "callbacks.model_size.latency=false",
+        "callbacks.model_summary=null",
+    ]
+    overrides += device_overrides(device)
+    cfg = compose_cfg(overrides, run_dir, cache_root)
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 1
+        cfg.trainer.limit_train_batches = warmup + steps
+        cfg.trainer.limit_val_batches = 0
+        cfg.trainer.num_sanity_val_steps = 0
+        cfg.trainer.enable_model_summary = False
+
+    L.seed_everything(SEED, verbose=False)
+    images, labels = random_pool(batch, size, pool=2, seed=SEED)
+    dm = InMemoryDataModule(
+        images, labels, steps=warmup + steps, batch_size=batch, norm=norm, size=size
+    )
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    timer = StepTimer(warmup, steps)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), timer]
+    trainer = build_trainer(cfg, callbacks, instantiate_group(cfg.get("logger")))
+    trainer.fit(module, datamodule=dm)
+    return {**timer.result(batch), "precision": str(trainer.precision)}
+
+
+def measure_steps(args, device: torch.device, precision: str, work: Path) -> list[dict]:
+    rows = []
+    dtype = autocast_dtype(precision)
+    for name, size, norm, cpu_batch, gpu_batch in CASES:
+        if args.models and name not in args.models:
+            continue
+        batch = (
+            QUICK_BATCH[name] if args.quick else cpu_batch if device.type == "cpu" else gpu_batch
+        )
+        label = f"{name} {size}px norm={str(norm).lower()}"
+        common = dict(
+            warmup=args.warmup, seconds=args.seconds, min_steps=args.min_steps,
+            max_steps=args.max_steps,
+        )  # fmt: skip
+        a = plain_loop(name, size, norm, batch, device, channels_last=False, dtype=None, **common)
+        print(f"[steps] {label} b{batch} (a) plain fp32:      {_rate(a)}", flush=True)
+        b = plain_loop(name, size, norm, batch, device, channels_last=True, dtype=dtype, **common)
+        print(f"[steps] {label} b{batch} (b) plain {precision}: {_rate(b)}", flush=True)
+        # (c) runs about as fast as (b): size its window from (b)'s rate.
+        c_steps = steps_for(b["images_per_s"], batch, args.seconds, args.min_steps, args.max_steps)
+        c = lightning_loop(
+            name, size, norm, batch, device, steps=c_steps, warmup=args.warmup,
+            run_dir=work / f"{name}-{size}", cache_root=args.cache_root,
+        )  # fmt: skip
+        print(f"[steps] {label} b{batch} (c) fruitnet.train:  {_rate(c)}", flush=True)
+        big = name != "cnn"
+        rows.append(
+            {
+                "model": name, "size": size, "norm": norm, "batch": batch,
+                "a": a, "b": b, "c": c,
+                "c/a": c["images_per_s"] / a["images_per_s"],
+                "c/b": c["images_per_s"] / b["images_per_s"],
+                "c/b median": (
+                    c["median_images_per_s"] / b["median_images_per_s"]
+                    if c["median_images_per_s"] and b["median_images_per_s"]
+                    else None
+                ),
+                "target c/a": TARGETS["c/a big" if big else "c/a cnn"],
+            }
+        )  # fmt: skip
+        gc.collect()
+    return rows
+
+
+def _rate(m: dict) -> str:
+    med = m["median_images_per_s"]
+    median = f", median step {med:.1f} img/s" if med else ""
+    return f"{m['images_per_s']:8.1f} img/s ({m['steps']} steps, {m['seconds']:.1f} s{median})"
+
+
+# ----------------------------------------------------------------------------- data loading
+
+
+def iterate(loader, device: torch.device, max_batches: int | None, transform=None) -> tuple:
+    """(images, seconds) for one pass over `loader`, batches moved to `device` as float."""
+    images = 0
+    sync(device)
+    t0 = time.perf_counter()
+    for i, (x, _) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = x.to(device, non_blocking=True)
+        if transform is not None:
+            x = transform(x)
+        images += len(x)
+    sync(device)
+    return images, time.perf_counter() - t0
+
+
+def measure_data(args, root: Path, device: torch.device) -> dict:
+    """Study: ImageFolder + PIL + ToTensor; fruitnet: the decoded cache, second epoch."""
+    batch = 16 if args.quick else args.data_batch
+    workers = auto_num_workers() if args.workers == "auto" else int(args.workers)
+    max_batches = 2 if args.quick else None
+
+    study_set = torchvision.datasets.ImageFolder(
+        root / "Training", transform=torchvision.transforms.ToTensor()
+    )
+    study = DataLoader(study_set, batch_size=batch, shuffle=True, num_workers=workers)
+    iterate(study, device, max_batches)  # warm-up: page cache, worker start
+    n, s = iterate(study, device, max_batches)
+    pil = {"images": n, "seconds": s, "images_per_s": n / s}
+    print(f"[data] ImageFolder + PIL + ToTensor: {pil['images_per_s']:8.0f} img/s", flush=True)
+
+    dm = ImageFolderDataModule(
+        root=root, layout="fruits", norm=False, image_size=100, batch_size=batch,
+        num_workers=workers, cache=True, cache_dir=args.cache_root / "decoded",
+        max_samples_per_class=2 if args.quick else None, seed=SEED,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    dm.setup("fit")  # decodes everything once into the cache (or maps an existing one)
+    setup_s = time.perf_counter() - t0
+    loader = dm.train_dataloader()
+    transform = dm.batch_transform.to(device)
+    iterate(loader, device, max_batches, transform)  # first epoch
+    n, s = iterate(loader, device, max_batches, transform)  # second epoch: what is reported
+    cache = {"images": n, "seconds": s, "images_per_s": n / s, "setup_s": setup_s}
+    print(f"[data] fruitnet decoded cache:       {cache['images_per_s']:8.0f} img/s", flush=True)
+    return {
+        "batch": batch, "workers": workers, "pil": pil, "cache": cache,
+        "ratio": cache["images_per_s"] / pil["images_per_s"],
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def measure_accuracy(args, root: Path, device: torch.device, work: Path) -> list[dict]:
+    """The basic CNN through fruitnet.train.run, fp32 vs bf16, same seeds and epochs."""
+    from fruitnet.train import run
+
+    epochs = 1 if args.quick else args.epochs
+    batch = 32 if args.quick else 128
+    out = []
+    for seed in range(SEED, SEED + args.acc_seeds):
+        for precision in ("32-true", "bf16-mixed"):
+            overrides = [
+                "model=cnn",
+                "data=fruits",
+                f"data.root={root}",
+                "norm=false",
+                "data.cache=true",
+                f"data.batch_size={batch}",
+                f"trainer.max_epochs={epochs}",
+                f"trainer.precision={precision}",
+                f"seed={seed}",
+                "callbacks.progress_bar=null",
+                "callbacks.model_summary=null",
+                "callbacks.model_size.latency=false",
+                "++trainer.enable_progress_bar=false",
+                "++trainer.enable_model_summary=false",
+            ]
+            if args.quick:
+                overrides.append("data.max_samples_per_class=4")
+            overrides += device_overrides(device)
+            run_dir = work / f"acc-{precision}-{seed}"
+            t0 = time.perf_counter()
+            results = run(compose_cfg(overrides, run_dir, args.cache_root))
+            wall = time.perf_counter() - t0
+            steps_per_epoch = results["global_step"] / max(1, results["epochs"])
+            val = results["val_acc"]
+            row = {
+                "precision": results["precision"],
+                "seed": seed,
+                "epochs": results["epochs"],
+                "test_acc": 100.0 * results["test_acc"],
+                "val_acc": 100.0 * val if val is not None else None,
+                "train_images": int(steps_per_epoch * batch),
+                "train_images_per_s": results["train_images_per_s"],
+                "wall_s": wall,
+                "batch": batch,
+            }
+            print(
+                f"[accuracy] cnn {precision} seed {seed}: test acc {row['test_acc']:.2f} % after "
+                f"{epochs} epoch(s), {row['train_images_per_s']:.0f} train img/s, {wall:.0f} s",
+                flush=True,
+            )
+            out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value >= target else "MISS"
+
+
+def machine_info(device: torch.device, precision: str) -> list[tuple[str, str]]:
+    info = [
+        ("CPU", f"{cpu_name()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"),
+        ("CPU bf16 (AVX-512 BF16 / AMX)", "yes" if cpu_has_fast_bf16() else "no"),
+    ]
+    if device.type == "cuda":
+        info.append(("GPU", torch.cuda.get_device_name(device)))
+    info += [
+        ("device", str(device)),
+        ('precision "auto" resolves to', precision),
+        ("torch / torchvision / lightning",
+         f"{torch.__version__} / {torchvision.__version__} / {L.__version__}"),
+        ("python", platform.python_version()),
+        ("date", datetime.datetime.now().isoformat(timespec="seconds")),
+    ]  # fmt: skip
+    return info
+
+
+def render(args, device, precision, steps, data, acc, total_s) -> str:
+    lines = ["# fruitnet benchmark", ""]
+    if args.quick:
+        lines += [
+            "> **QUICK RUN** (`--quick`): tiny batches and 2 steps per measurement, to check the",
+            "> script end to end. The numbers below mean nothing; run `make bench` for real ones.",
+            "",
+        ]
+    cmd = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
+    lines += [f"Command: `{cmd}` (total {total_s / 60:.1f} min)", ""]
+    verdicts: list[tuple[str, str, str]] = []
+
+    if steps is not None:
+        lines += [
+            "## Train step",
+            "",
+            "Training images/s over steady-state steps (warm-up excluded) on pre-made random "
+            "tensors. (a) the study's plain fp32 loop, contiguous; (b) the same loop with "
+            f"channels_last + `{precision}`; (c) `fruitnet.train` (Lightning, its defaults). "
+            "Rates are steps x batch / window seconds; the last column compares median step "
+            "times instead (CPU only), which ignores spikes from other load.",
+            "",
+            "| model | input | batch | steps a/b/c | (a) plain fp32 | (b) plain fruitnet settings "
+            "| (c) fruitnet.train | c/a | target c/a | c/b | target c/b | c/b median step |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |",
+        ]
+        for r in steps:
+            tca, tcb = r["target c/a"], TARGETS["c/b"]
+            va, vb = verdict(r["c/a"], tca), verdict(r["c/b"], tcb)
+            median = f"{r['c/b median']:.3f}" if r["c/b median"] is not None else "-"
+            lines.append(
+                f"| {r['model']} | {r['size']}px norm={str(r['norm']).lower()} | {r['batch']} "
+                f"| {r['a']['steps']}/{r['b']['steps']}/{r['c']['steps']} "
+                f"| {r['a']['images_per_s']:.1f} | {r['b']['images_per_s']:.1f} "
+                f"| {r['c']['images_per_s']:.1f} | {r['c/a']:.2f} | >= {tca:g} {va} "
+                f"| {r['c/b']:.3f} | >= {tcb:g} {vb} | {median} |"
+            )
+            key = f"{r['model']} {r['size']}px"
+            verdicts += [(f"{key} c/a", f"{r['c/a']:.2f} (>= {tca:g})", va),
+                         (f"{key} c/b", f"{r['c/b']:.3f} (>= {tcb:g})", vb)]  # fmt: skip
+        lines.append("")
+
+    if data is not None:
+        t = TARGETS["cache"]
+        v = verdict(data["ratio"], t)
+        lines += [
+            "## Data loading",
+            "",
+            f"Training images/s of {'2 batches' if args.quick else 'one epoch'} on `{DATASET}`, "
+            f"batch {data['batch']}, "
+            f"{data['workers']} workers for both, ending in a float batch on `{device}`.",
+            "",
+            "| path | images | seconds | images/s | ratio | target |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+            f"| ImageFolder + PIL + ToTensor (study) | {data['pil']['images']} "
+            f"| {data['pil']['seconds']:.2f} | {data['pil']['images_per_s']:.0f} | 1.00 | |",
+            f"| fruitnet decoded cache (data.cache=true, 2nd epoch) | {data['cache']['images']} "
+            f"| {data['cache']['seconds']:.2f} | {data['cache']['images_per_s']:.0f} "
+            f"| {data['ratio']:.1f} | >= {t:g} {v} |",
+            "",
+            f"Cache setup (scan + decode once, or map an existing cache): "
+            f"{data['cache']['setup_s']:.1f} s.",
+            "",
+        ]
+        verdicts.append(("decoded cache / ImageFolder+PIL", f"{data['ratio']:.1f} (>= {t:g})", v))
+        cnn = next((r for r in steps or [] if r["model"] == "cnn"), None)
+        if device.type == "cuda" and cnn is not None:
+            model_rate = cnn["c"]["images_per_s"]
+            ok = data["cache"]["images_per_s"] > model_rate
+            lines += [
+                f"GPU never waits for data: data path {data['cache']['images_per_s']:.0f} img/s "
+                f"vs basic-CNN step {model_rate:.0f} img/s: {'PASS' if ok else 'MISS'}.",
+                "",
+            ]
+            verdicts.append(
+                ("GPU data path > CNN step", f"{data['cache']['images_per_s']:.0f} vs "
+                 f"{model_rate:.0f} img/s", "PASS" if ok else "MISS")
+            )  # fmt: skip
+
+    if acc is not None:
+        fp32 = [r for r in acc if r["precision"] == "32-true"]
+        bf16 = [r for r in acc if r["precision"] != "32-true"]
+        fp32_mean = statistics.mean(r["test_acc"] for r in fp32)
+        diff = statistics.mean(r["test_acc"] for r in bf16) - fp32_mean
+        t = TARGETS["acc_points"]
+        v = "PASS" if abs(diff) <= t else "MISS"
+        seeds = sorted({r["seed"] for r in acc})
+        lines += [
+            "## Accuracy",
+            "",
+            f"Basic CNN trained by `fruitnet.train` on `{DATASET}` (data.cache=true, batch "
+            f"{acc[0]['batch']}, {acc[0]['epochs']} epochs, seeds {', '.join(map(str, seeds))}); "
+            "test accuracy of the best-val checkpoint.",
+            "",
+            "| precision | seed | epochs | test acc % | best val acc % | train images/s | wall s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in acc:
+            val = f"{r['val_acc']:.2f}" if r["val_acc"] is not None else "n/a"
+            lines.append(
+                f"| {r['precision']} | {r['seed']} | {r['epochs']} | {r['test_acc']:.2f} | {val} "
+                f"| {r['train_images_per_s']:.0f} | {r['wall_s']:.0f} |"
+            )
+        mean = " (means over seeds)" if len(seeds) > 1 else ""
+        lines += ["", f"bf16 - fp32 test accuracy{mean}: {diff:+.2f} points (target within "
+                      f"{t:g} point): {v}."]  # fmt: skip
+        if len(seeds) > 1:
+            spread = max(r["test_acc"] for r in fp32) - min(r["test_acc"] for r in fp32)
+            lines.append(f"Seed-to-seed spread of fp32 alone: {spread:.2f} points.")
+        else:
+            lines.append(
+                "One seed per precision: the difference includes run-to-run noise of a model "
+                "still learning; `--acc-seeds 3 --epochs 10` separates the two."
+            )
+        lines.append("")
+        verdicts.append(("bf16 vs fp32 test accuracy", f"{diff:+.2f} points (within {t:g})", v))
+
+        lines += schedule_estimate(steps, acc, device)
+
+    if verdicts:
+        lines += ["## Targets", "", "| target | value | result |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {value} | {res} |" for name, value, res in verdicts]
+        lines.append("")
+
+    lines += ["## Machine", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in machine_info(device, precision)]
+    lines += [
+        "",
+        f"Settings: {args.warmup} warm-up steps, then steps for ~{args.seconds:g} s per step "
+        f"measurement ({args.min_steps} to {args.max_steps} steps); Adam lr 1e-3, "
+        f"{NUM_CLASSES} classes, seed {SEED}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def schedule_estimate(steps, acc, device) -> list[str]:
+    """The study's 40-epoch basic-CNN schedule, training loop only, from measured rates."""
+    bf16 = next(r for r in acc if r["precision"] != "32-true")
+    cnn = next((r for r in steps or [] if r["model"] == "cnn"), None)
+    n_here = bf16["train_images"]
+    n_full = int(FULL_FRUITS_TRAIN * 0.9)  # fruitnet carves 10 % of Training for validation
+    rows = [("fruitnet.train (accuracy run, bf16-mixed)", bf16["train_images_per_s"])]
+    if cnn is not None:
+        rows = [("study plain fp32 loop (a)", cnn["a"]["images_per_s"]),
+                ("fruitnet.train (c)", cnn["c"]["images_per_s"])] + rows  # fmt: skip
+    lines = [
+        f"## Study schedule ({STUDY_EPOCHS} epochs, basic CNN)",
+        "",
+        f"Training-loop time extrapolated from measured images/s on `{device}` (validation "
+        f"and test not included): {n_here} images/epoch here, {n_full} for full Fruits-360 "
+        "(release 2019.01.16.0, 90 % of Training).",
+        "",
+        f"| loop | images/s | {STUDY_EPOCHS} epochs here | {STUDY_EPOCHS} epochs full Fruits-360 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, rate in rows:
+        if not rate:
+            continue
+        lines.append(
+            f"| {name} | {rate:.0f} | {_hms(STUDY_EPOCHS * n_here / rate)} "
+            f"| {_hms(STUDY_EPOCHS * n_full / rate)} |"
+        )
+    return [*lines, ""]
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    p.add_argument("--data", default=None, help=f"the {DATASET} folder (default: shared data)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--models", nargs="*", default=None, help="subset of cnn proxyless resnet50")
+    p.add_argument("--only", nargs="*", choices=["steps", "data", "accuracy"], default=None)
+    p.add_argument("--seconds", type=float, default=10.0, help="target seconds per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps, not timed")
+    p.add_argument("--min-steps", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=8, help="epochs of each accuracy run")
+    p.add_argument("--acc-seeds", type=int, default=1, help="accuracy runs per precision")
+    p.add_argument("--data-batch", type=int, default=128)
+    p.add_argument("--workers", default="auto", help='DataLoader workers for both paths ("auto")')
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's, one per core); 1 on a busy machine, "
+        "where OpenMP threads that wait on each other slow every step down many times",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="fruitnet cache root (default: $FRUITNET_CACHE or <repo>/.cache/fruitnet, "
+        "the same as fruitnet.train)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.min_steps = 0.0, 1, 2
+    env_cache = os.environ.get("FRUITNET_CACHE")
+    args.cache_root = args.cache_dir or (Path(env_cache) if env_cache else REPO / ".cache/fruitnet")
+    return args
+
+
+def main(argv=None) -> None:
+    args = get_args(argv)
+    started = time.perf_counter()
+    root = find_data(args.data)
+    want = set(args.only or ["steps", "data", "accuracy"])
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    precision = str(resolve_precision("auto", "gpu" if device.type == "cuda" else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_lightning()
+    print(f"bench: {DATASET} at {root}; device {device}; precision auto -> {precision}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="fruitnet-bench-") as tmp:
+        work = Path(tmp)
+        steps = measure_steps(args, device, precision, work) if "steps" in want else None
+        data = measure_data(args, root, device) if "data" in want else None
+        acc = measure_accuracy(args, root, device, work) if "accuracy" in want else None
+
+    text = render(args, device, precision, steps, data, acc, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"\n{text}\nbench: wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
