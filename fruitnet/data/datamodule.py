@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fruitnet.data.io import load_image
 from fruitnet.data.scan import DataWarning, Sample, scan_dataset, stratified_split
@@ -33,8 +33,10 @@ from fruitnet.data.transforms import AUGMENTS, BatchTransform, image_spec, prepr
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EpochSampler",
     "ImageFolderDataModule",
     "ImageListDataset",
+    "ResumableDataLoader",
     "auto_image_size",
     "auto_num_workers",
     "compute_dataset_stats",
@@ -81,6 +83,84 @@ class ImageListDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.cache[i] if self.cache is not None else self.decode(self.paths[i])
         return image, self.labels[i]
+
+
+class EpochSampler(Sampler[int]):
+    """Training order as a function of ``(seed, epoch)`` only: a permutation, or with ``weights``
+    a weighted draw with replacement (the balanced sampler).
+
+    Lightning calls `set_epoch` before every epoch, so epoch ``e`` has the same order however many
+    times the loader was rebuilt (a resumed run builds a new one). Used without Lightning, each
+    pass moves on to the next epoch's order. `skip` drops the first indices of the next pass
+    (set by `ResumableDataLoader` on a mid-epoch resume).
+    """
+
+    def __init__(self, n: int, seed: int, weights: Sequence[float] | None = None) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = self.generator()
+        self.epoch += 1
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        skip, self.skip = self.skip, 0
+        yield from order[skip:].tolist()
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: its order comes from `EpochSampler`, and on a mid-epoch resume it
+    skips the batches the restored fit loop counts as done, so the resumed run sees exactly the
+    batches an uninterrupted one would. ``batches_done`` reads that count from the trainer
+    (0 at every epoch start); it is asked when iteration starts, after Lightning restored its loops.
+
+    `state_dict`/`load_state_dict` only mark the loader as resumable to Lightning: the epoch
+    (`set_epoch`) and the batches done both come from Lightning's restored loops. The count is not
+    taken from the loader at save time: after an interrupt inside a step (Ctrl-C) Lightning repeats
+    that step, and only its own progress counter says so.
+
+    Its own generator (reseeded per epoch) seeds the workers, so iterating never draws from the
+    global torch RNG (which drives dropout and augmentation and is restored on resume).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        sampler: EpochSampler,
+        batches_done: Callable[[], int] = lambda: 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
+        self.batches_done = batches_done
+
+    def __iter__(self):
+        # A generator: the underlying iterator (and the sampler pass) starts at the first next(),
+        # after Lightning's set_epoch() and after it restored its loop counters.
+        sampler: EpochSampler = self.sampler
+        self.generator.manual_seed(sampler.seed * 1_000_003 + sampler.epoch)
+        sampler.skip = int(self.batches_done()) * self.batch_size
+        yield from super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- "auto" helpers
@@ -487,13 +567,20 @@ class ImageFolderDataModule(L.LightningDataModule):
         }
         if train:
             kwargs["drop_last"] = self._train_drop_last(len(dataset))
-            generator = torch.Generator().manual_seed(self.seed)
-            if self.sampler == "balanced":
-                kwargs["sampler"] = self._balanced_sampler(dataset, generator)
-            else:
-                kwargs["shuffle"] = True
-                kwargs["generator"] = generator
+            weights = self._balanced_weights(dataset) if self.sampler == "balanced" else None
+            sampler = EpochSampler(len(dataset), self.seed, weights)
+            return ResumableDataLoader(
+                dataset, sampler=sampler, batches_done=self._batches_done, **kwargs
+            )
         return DataLoader(dataset, **kwargs)
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch the fit loop counts as done: 0 at an epoch's
+        start, the restored count on a mid-epoch resume."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def _train_drop_last(self, n: int) -> bool:
         if self.drop_last in ("auto", None):
@@ -507,15 +594,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             return False
         return bool(self.drop_last)
 
-    def _balanced_sampler(self, dataset: ImageListDataset, generator) -> WeightedRandomSampler:
+    def _balanced_weights(self, dataset: ImageListDataset) -> list[float]:
         counts = np.bincount(dataset.labels, minlength=self.num_classes)
-        weights = 1.0 / counts[np.asarray(dataset.labels)]
-        return WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double),
-            num_samples=len(dataset),
-            replacement=True,
-            generator=generator,
-        )
+        return (1.0 / counts[np.asarray(dataset.labels)]).tolist()
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
