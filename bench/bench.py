@@ -247,8 +247,10 @@ class InMemoryDataModule(ImageFolderDataModule):
     float, normalisation) exactly as in training; only decoding is left out.
     """
 
-    def __init__(self, images, labels, *, steps: int, batch_size: int, norm: bool, size: int):
-        super().__init__(root=None, norm=norm, image_size=size, batch_size=batch_size)
+    def __init__(
+        self, images, labels, *, steps: int, batch_size: int, norm: bool, size: int, **kwargs
+    ):
+        super().__init__(root=None, norm=norm, image_size=size, batch_size=batch_size, **kwargs)
         self.images, self.labels, self.steps = images, labels, steps
 
     def setup(self, stage: str | None = None) -> None:
@@ -351,7 +353,13 @@ def lightning_loop(
     L.seed_everything(SEED, verbose=False)
     images, labels = random_pool(batch, size, pool=2, seed=SEED)
     dm = InMemoryDataModule(
-        images, labels, steps=warmup + steps, batch_size=batch, norm=norm, size=size
+        images,
+        labels,
+        steps=warmup + steps,
+        batch_size=batch,
+        norm=norm,
+        size=size,
+        channels_last=cfg.data.channels_last,
     )
     dm.setup("fit")
     module = build_module(cfg, dm)

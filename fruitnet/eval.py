@@ -285,6 +285,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "optimizer": str(optimizer.get("_target_", "?")).rsplit(".", 1)[-1],
         "lr": optimizer.get("lr"),
         "seed": cfg.seed,
+        # What training started from; the weights evaluated here are the checkpoint's.
+        "pretrained": hp.get("pretrained"),
+        "weights_source": str(cfg.ckpt_path),
         "params": total,
         "trainable_params": trainable,
         "fp32_mib": profile.fp32_mib(module.net),

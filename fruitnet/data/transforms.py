@@ -95,6 +95,9 @@ class BatchTransform(nn.Module):
             raise TypeError(f"BatchTransform expects a uint8 batch, got {x.dtype}")
         if x.ndim == 3:
             x = x.unsqueeze(0)
+        if self.channels_last:
+            # Reorder while still uint8 (a quarter of the bytes); the float ops keep the format.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.to_dtype(x, torch.float32, scale=True)
         if train and self.augment == "basic":
             x = self._basic(x)
