@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fruitnet.network import socket_timeout
+
 __all__ = [
     "DATASETS",
     "DatasetInfo",
@@ -471,16 +473,6 @@ def _check_connectivity(timeout: float) -> None:
         )
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _download(info: DatasetInfo, dest: Path, *, force: bool) -> Path:
     """Download and unpack ``info`` into ``dest`` with whichever Kaggle client is installed."""
     try:
@@ -490,7 +482,7 @@ def _download(info: DatasetInfo, dest: Path, *, force: bool) -> Path:
     if kagglehub is not None:
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            with _socket_timeout(SOCKET_STALL_TIMEOUT_S):
+            with socket_timeout(SOCKET_STALL_TIMEOUT_S):
                 path = kagglehub.dataset_download(
                     info.handle, output_dir=str(dest), force_download=force
                 )
@@ -513,7 +505,7 @@ def _download(info: DatasetInfo, dest: Path, *, force: bool) -> Path:
     archive_dir = dest / ".download"
     archive_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with _socket_timeout(SOCKET_STALL_TIMEOUT_S):
+        with socket_timeout(SOCKET_STALL_TIMEOUT_S):
             api = KaggleApi()
             api.authenticate()
             api.dataset_download_files(info.handle, path=str(archive_dir), unzip=False, quiet=False)

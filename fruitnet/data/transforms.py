@@ -15,6 +15,8 @@ import torch.nn.functional as nnf
 from torch import nn
 from torchvision.transforms.v2 import functional as F
 
+from fruitnet.models import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "AUGMENTS",
     "IMAGENET_MEAN",
@@ -23,8 +25,6 @@ __all__ = [
     "preprocess_spec",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTS = ("none", "basic")
 
 

@@ -15,16 +15,16 @@ import hashlib
 import os
 import pickle
 import re
-import socket
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from fruitnet.network import socket_timeout
 
 OFFLINE_ENV = "FRUITNET_OFFLINE"
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
@@ -155,7 +155,7 @@ def fetch(source: WeightsSource, *, model: str) -> Path:
 def _download(source: WeightsSource, path: Path, *, model: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+        with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
             # Writes to a temp file beside `path` and renames, so an interrupted download never
             # leaves a partial file at the cache path.
             torch.hub.download_url_to_file(source.url, str(path), hash_prefix=source.sha256_prefix)
@@ -168,17 +168,6 @@ def _download(source: WeightsSource, path: Path, *, model: str) -> None:
         path.unlink(missing_ok=True)
         reason = f"the downloaded file failed verification ({problem}) and was deleted"
         raise WeightsUnavailableError(unavailable_message(model, source, reason))
-
-
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    # download_url_to_file exposes no timeout; urllib falls back to the global default.
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
