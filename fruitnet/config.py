@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,13 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
             raise ValueError(f"config entry '{name}' needs a _target_ (got {node!r})")
         objects.append(hydra.utils.instantiate(node))
     return objects
+
+
+def run_entry(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point. A failure logs one readable line first; Hydra then reports the job
+    failure with its traceback (and a sweep goes on to the next job)."""
+    try:
+        return run(cfg)
+    except Exception as err:
+        log.error("fruitnet: %s", err)
+        raise

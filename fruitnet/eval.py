@@ -35,7 +35,7 @@ from torchmetrics.functional.classification import (
 )
 
 from fruitnet import plots
-from fruitnet.config import CONFIG_PATH
+from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.transforms import BatchTransform, image_spec
 from fruitnet.models import profile
 from fruitnet.predict import class_names_of, classifier_from_checkpoint
@@ -329,12 +329,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg)
-    except Exception as err:
-        log.error("fruitnet: %s", err)
-        raise
-    return results.get("test_acc")
+    return run_entry(run, cfg).get("test_acc")
 
 
 if __name__ == "__main__":

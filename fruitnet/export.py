@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import fruitnet
-from fruitnet.config import CONFIG_PATH
+from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.transforms import BatchTransform
 from fruitnet.module import ClassifierModule
 from fruitnet.predict import class_names_of, load_classifier
@@ -345,11 +345,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except Exception as err:
-        log.error("fruitnet: %s", err)
-        raise
+    run_entry(run, cfg)
 
 
 if __name__ == "__main__":

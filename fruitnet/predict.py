@@ -24,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from fruitnet.config import CONFIG_PATH
+from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
 from fruitnet.data.transforms import BatchTransform, image_spec
 from fruitnet.module import ClassifierModule
@@ -247,11 +247,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except Exception as err:
-        log.error("fruitnet: %s", err)
-        raise
+    run_entry(run, cfg)
 
 
 if __name__ == "__main__":

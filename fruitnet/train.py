@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fruitnet.callbacks import ModelSizeCallback, RNGStateCheckpoint, TrainThroughput
-from fruitnet.config import CONFIG_PATH, instantiate_group, to_primitive
+from fruitnet.config import CONFIG_PATH, instantiate_group, run_entry, to_primitive
 from fruitnet.module import ClassifierModule
 from fruitnet.results import environment, file_mib, test_metrics, write_json
 from fruitnet.runtime import (
@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        results = run(cfg)
+        results = run_entry(run, cfg)
     except SIGTERMException as stop:
         # Lightning stops on SIGTERM with SystemExit() = status 0 once OnExceptionCheckpoint has
         # saved; a run that did not finish must not look successful to a shell or a scheduler.
@@ -216,10 +216,6 @@ def main(cfg: DictConfig) -> float | None:
             cfg.paths.output_dir,
         )
         raise SystemExit(128 + signal.SIGTERM) from stop
-    except Exception as err:
-        # One readable line first; Hydra then reports the job failure (a sweep goes on).
-        log.error("fruitnet: %s", err)
-        raise
     metric = cfg.get("optimized_metric")
     return results.get(metric.replace("/", "_")) if metric else results.get("val_acc")
 
