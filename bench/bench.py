@@ -6,9 +6,9 @@
 
 In one process, on one machine, it measures:
 1. train-step images/s per model on pre-made random tensors (so it times the step, not data):
-   (a) the study's plain fp32 loop, contiguous tensors;
-   (b) the same loop with fruitnet's settings (channels_last, and the autocast dtype that
-       `trainer.precision=auto` picks on this machine);
+   (a) the study's plain fp32 loop and network (basic CNN: conv, ReLU, pool), contiguous tensors;
+   (b) the same loop with fruitnet's network and settings (channels_last, the autocast dtype that
+       `trainer.precision=auto` picks on this machine, fruitnet's Adam config: fused);
    (c) fruitnet.train itself: the Hydra-composed ClassifierModule, callbacks, logger and Trainer,
        fed uint8 batches through fruitnet's own on_after_batch_transfer;
 2. data-loading images/s: torchvision ImageFolder + PIL + ToTensor (the study) against
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -39,10 +40,16 @@ import lightning as L
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader
 
 from fruitnet.config import CONFIG_MODULE, CONFIG_PATH, instantiate_group
-from fruitnet.data import BatchTransform, ImageFolderDataModule, auto_num_workers, preprocess_spec
+from fruitnet.data import (
+    BatchTransform,
+    ImageFolderDataModule,
+    ImageListDataset,
+    auto_num_workers,
+    preprocess_spec,
+)
 from fruitnet.models import create_model
 from fruitnet.runtime import cpu_has_fast_bf16, cpu_name, resolve_precision
 
@@ -168,6 +175,20 @@ def quiet_lightning() -> None:
 # ----------------------------------------------------------------------------- (a), (b): plain loop
 
 
+def study_model(name: str, size: int) -> nn.Module:
+    """The network as the study built it: fruitnet's basic CNN pools before its ReLU (the same
+    function, less work); the study's stages were conv, ReLU, pool."""
+    model = create_model(name, num_classes=NUM_CLASSES, input_size=size)
+    if name == "cnn":
+        layers = list(model.features.named_children())  # (conv, pool, relu) per stage
+        order = []
+        for i in range(0, len(layers), 3):
+            conv, pool, relu = layers[i : i + 3]
+            order += [conv, relu, pool]
+        model.features = nn.Sequential(OrderedDict(order))
+    return model
+
+
 def plain_loop(
     name: str,
     size: int,
@@ -175,23 +196,32 @@ def plain_loop(
     batch: int,
     device: torch.device,
     *,
+    study: bool,
     channels_last: bool,
     dtype: torch.dtype | None,
+    optimizer_kwargs: dict,
     warmup: int,
     seconds: float,
     min_steps: int,
     max_steps: int,
 ) -> dict:
-    """The study's training loop on pre-made float batches; images/s over the steps after warm-up."""
+    """The study's training loop on pre-made float batches; images/s over the steps after warm-up.
+
+    ``study``: the study's network (layer order) instead of fruitnet's; ``optimizer_kwargs``
+    go to Adam (fruitnet's config adds ``fused``).
+    """
     torch.manual_seed(SEED)
-    model = create_model(name, num_classes=NUM_CLASSES, input_size=size).to(device)
+    if study:
+        model = study_model(name, size).to(device)
+    else:
+        model = create_model(name, num_classes=NUM_CLASSES, input_size=size).to(device)
     images, labels = random_pool(batch, size, pool=2, seed=SEED)
     spec = preprocess_spec(norm, size)
     x_all = BatchTransform(spec["mean"], spec["std"])(images).to(device)  # float, normalised
     batches = list(zip(x_all.split(batch), labels.to(device).split(batch), strict=True))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), **optimizer_kwargs)
     criterion = nn.CrossEntropyLoss()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -243,15 +273,19 @@ def result(steps: int, batch: int, seconds: float, per_step: list[float]) -> dic
 class InMemoryDataModule(ImageFolderDataModule):
     """ImageFolderDataModule with the files swapped for in-memory uint8 tensors.
 
-    Batches reach the model through the real `on_after_batch_transfer` (BatchTransform: uint8 ->
-    float, normalisation) exactly as in training; only decoding is left out.
+    Its loaders are the real ones (`ImageFolderDataModule._loader`: epoch sampler, batched fetch,
+    `on_after_batch_transfer` with the BatchTransform: uint8 -> float, normalisation), over
+    `ImageListDataset.from_tensors`, as with data.cache=true or data.on_device=true: only JPEG
+    decoding is left out.
     """
 
-    def __init__(
-        self, images, labels, *, steps: int, batch_size: int, norm: bool, size: int, **kwargs
-    ):
-        super().__init__(root=None, norm=norm, image_size=size, batch_size=batch_size, **kwargs)
-        self.images, self.labels, self.steps = images, labels, steps
+    def __init__(self, images, labels, *, steps: int, batch_size: int, norm: bool, size: int, **kw):
+        super().__init__(root=None, norm=norm, image_size=size, batch_size=batch_size, **kw)
+        # Enough images for `steps` batches in one epoch: the pool repeated.
+        n = steps * batch_size
+        reps = -(-n // len(labels))
+        self.images = images.repeat(reps, 1, 1, 1)[:n]
+        self.labels = labels.repeat(reps)[:n].tolist()
 
     def setup(self, stage: str | None = None) -> None:
         if self.batch_transform is not None:
@@ -264,26 +298,12 @@ class InMemoryDataModule(ImageFolderDataModule):
         self.class_weights = None
         self.preprocess = spec
         self.layout = "memory"
+        self.train_set = ImageListDataset.from_tensors(self.images, self.labels)
+        self.val_set = ImageListDataset([], [], None)
+        self.test_set = ImageListDataset([], [], None)
         self.batch_transform = BatchTransform(
             spec["mean"], spec["std"], augment=self.augment, channels_last=self.channels_last
         )
-
-    def train_dataloader(self) -> DataLoader:
-        n = len(self.labels)
-        cycled = Subset(
-            TensorDataset(self.images, self.labels),
-            [i % n for i in range(self.steps * self.batch_size)],
-        )
-        return DataLoader(
-            cycled,
-            batch_size=self.batch_size,
-            num_workers=0,
-            pin_memory=self.pin_memory,
-            drop_last=True,
-        )
-
-    def val_dataloader(self) -> list:
-        return []
 
 
 class StepTimer(L.Callback):
@@ -370,9 +390,18 @@ def lightning_loop(
     return {**timer.result(batch), "precision": str(trainer.precision)}
 
 
+def fruitnet_optimizer_kwargs(work: Path) -> dict:
+    """Adam's arguments as `conf/optimizer/adam.yaml` sets them (lr, weight decay, fused)."""
+    cfg = compose_cfg(["optimizer=adam"], work / "optimizer", work / "cache")
+    if cfg.optimizer._target_ != "torch.optim.Adam":
+        raise RuntimeError(f"optimizer=adam composes {cfg.optimizer._target_}")
+    return {k: v for k, v in cfg.optimizer.items() if not str(k).startswith("_")}
+
+
 def measure_steps(args, device: torch.device, precision: str, work: Path) -> list[dict]:
     rows = []
     dtype = autocast_dtype(precision)
+    optimizer_kwargs = fruitnet_optimizer_kwargs(work)
     for name, size, norm, cpu_batch, gpu_batch in CASES:
         if args.models and name not in args.models:
             continue
@@ -384,9 +413,15 @@ def measure_steps(args, device: torch.device, precision: str, work: Path) -> lis
             warmup=args.warmup, seconds=args.seconds, min_steps=args.min_steps,
             max_steps=args.max_steps,
         )  # fmt: skip
-        a = plain_loop(name, size, norm, batch, device, channels_last=False, dtype=None, **common)
+        a = plain_loop(
+            name, size, norm, batch, device, study=True, channels_last=False, dtype=None,
+            optimizer_kwargs={"lr": 1e-3}, **common,
+        )  # fmt: skip
         print(f"[steps] {label} b{batch} (a) plain fp32:      {_rate(a)}", flush=True)
-        b = plain_loop(name, size, norm, batch, device, channels_last=True, dtype=dtype, **common)
+        b = plain_loop(
+            name, size, norm, batch, device, study=False, channels_last=True, dtype=dtype,
+            optimizer_kwargs=optimizer_kwargs, **common,
+        )  # fmt: skip
         print(f"[steps] {label} b{batch} (b) plain {precision}: {_rate(b)}", flush=True)
         # (c) runs about as fast as (b): size its window from (b)'s rate.
         c_steps = steps_for(b["images_per_s"], batch, args.seconds, args.min_steps, args.max_steps)
@@ -468,8 +503,19 @@ def measure_data(args, root: Path, device: torch.device) -> dict:
     n, s = iterate(loader, device, max_batches, transform)  # second epoch: what is reported
     cache = {"images": n, "seconds": s, "images_per_s": n / s, "setup_s": setup_s}
     print(f"[data] fruitnet decoded cache:       {cache['images_per_s']:8.0f} img/s", flush=True)
+
+    # data.on_device=true: the same cached split held as one tensor on the device.
+    dm.on_device = True
+    t0 = time.perf_counter()
+    dm.train_set.preload(device)
+    preload_s = time.perf_counter() - t0
+    loader = dm.train_dataloader()
+    iterate(loader, device, max_batches, transform)
+    n, s = iterate(loader, device, max_batches, transform)
+    resident = {"images": n, "seconds": s, "images_per_s": n / s, "setup_s": preload_s}
+    print(f"[data] fruitnet data.on_device=true: {resident['images_per_s']:8.0f} img/s", flush=True)
     return {
-        "batch": batch, "workers": workers, "pil": pil, "cache": cache,
+        "batch": batch, "workers": workers, "pil": pil, "cache": cache, "on_device": resident,
         "ratio": cache["images_per_s"] / pil["images_per_s"],
     }  # fmt: skip
 
@@ -573,8 +619,10 @@ def render(args, device, precision, steps, data, acc, total_s) -> str:
             "## Train step",
             "",
             "Training images/s over steady-state steps (warm-up excluded) on pre-made random "
-            "tensors. (a) the study's plain fp32 loop, contiguous; (b) the same loop with "
-            f"channels_last + `{precision}`; (c) `fruitnet.train` (Lightning, its defaults). "
+            "tensors. (a) the study's plain fp32 loop and network (basic CNN stages conv, ReLU, "
+            "pool), contiguous, Adam; (b) the same loop with fruitnet's network (pool before "
+            f"ReLU), channels_last, `{precision}` and `conf/optimizer/adam.yaml` (fused Adam); "
+            "(c) `fruitnet.train` (Lightning, its defaults). "
             "Rates are steps x batch / window seconds; the last column compares median step "
             "times instead (CPU only), which ignores spikes from other load.",
             "",
@@ -615,9 +663,14 @@ def render(args, device, precision, steps, data, acc, total_s) -> str:
             f"| fruitnet decoded cache (data.cache=true, 2nd epoch) | {data['cache']['images']} "
             f"| {data['cache']['seconds']:.2f} | {data['cache']['images_per_s']:.0f} "
             f"| {data['ratio']:.1f} | >= {t:g} {v} |",
+            f"| fruitnet data.on_device=true (split held on `{device}`, 2nd epoch) "
+            f"| {data['on_device']['images']} | {data['on_device']['seconds']:.2f} "
+            f"| {data['on_device']['images_per_s']:.0f} "
+            f"| {data['on_device']['images_per_s'] / data['pil']['images_per_s']:.1f} | |",
             "",
             f"Cache setup (scan + decode once, or map an existing cache): "
-            f"{data['cache']['setup_s']:.1f} s.",
+            f"{data['cache']['setup_s']:.1f} s; moving the cached split to `{device}`: "
+            f"{data['on_device']['setup_s']:.2f} s.",
             "",
         ]
         verdicts.append(("decoded cache / ImageFolder+PIL", f"{data['ratio']:.1f} (>= {t:g})", v))

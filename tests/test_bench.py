@@ -38,3 +38,25 @@ def test_bench_quick_writes_the_report(tmp_path, shared_data):
     for model in ("| cnn |", "| proxyless |", "| resnet50 |"):
         assert model in text, model
     assert "PASS" in text or "MISS" in text
+
+
+def test_bench_baseline_is_the_study_network():
+    """(a) times the study's basic CNN (stages conv, ReLU, pool), fruitnet's has pool before ReLU:
+    the same function, so the baseline must give the same outputs from the same weights."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    torch.manual_seed(0)
+    study = bench.study_model("cnn", 100).eval()
+    kinds = [type(m).__name__ for m in study.features]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d"] * 4
+    ours = bench.create_model("cnn", num_classes=bench.NUM_CLASSES, input_size=100).eval()
+    assert [type(m).__name__ for m in ours.features] == ["Conv2d", "MaxPool2d", "ReLU"] * 4
+    ours.load_state_dict(study.state_dict())
+    x = torch.randn(2, 3, 100, 100)
+    assert torch.equal(study(x), ours(x))

@@ -582,6 +582,75 @@ def test_decoded_cache_matches_direct_decoding(tmp_path):
         assert plain.train_set[i][1] == cached.train_set[i][1]
 
 
+def noise_tree(root: Path, classes=3, n=7, size=(20, 20)) -> Path:
+    """Fruits layout whose images all differ (random pixels, PNG: decoding is exact)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("Training", n), ("Test", 3)):
+        for k in range(classes):
+            for i in range(count):
+                path = root / split / f"class {k}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(path)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["decode", "cache", "on_device", "cache+on_device"])
+def test_batched_loaders_equal_item_by_item_collate(tmp_path, mode):
+    """Every loader fetches whole batches (one indexing op when cached or on the device); the
+    batches must be the ones that collating the items one by one in the same order gives."""
+    from torch.utils.data import DataLoader
+
+    root = noise_tree(tmp_path / "f")
+    kw = dict(root=root, image_size=16, batch_size=4, val_fraction=0.3, seed=3)
+    dm = ImageFolderDataModule(
+        **kw, cache="cache" in mode, on_device="on_device" in mode, cache_dir=tmp_path / "c"
+    )
+    dm.setup()
+    ref = ImageFolderDataModule(**kw)
+    ref.setup()
+    for split in ("train", "val", "test"):
+        loader = getattr(dm, f"{split}_dataloader")()
+        items = getattr(ref, f"{split}_set")
+        order = list(dm_mod.EpochSampler(len(items), 3)) if split == "train" else None
+        expected = DataLoader(
+            items, batch_size=loader.batch_size, sampler=order, drop_last=loader.drop_last
+        )
+        got = list(loader)
+        want = list(expected)
+        assert len(got) == len(want) > 0, split
+        for (x, y), (ex, ey) in zip(got, want, strict=True):
+            assert x.dtype == torch.uint8 and y.dtype == torch.int64
+            assert torch.equal(x, ex) and torch.equal(y, ey), split
+    on_device = "on_device" in mode
+    assert (dm.train_set.images is not None) == on_device
+    if on_device:
+        assert loader.num_workers == 0 and not loader.pin_memory
+
+
+def test_on_device_refuses_a_split_larger_than_half_the_free_gpu_memory(tmp_path, monkeypatch):
+    root = noise_tree(tmp_path / "f")
+    dm = ImageFolderDataModule(root=root, image_size=16, batch_size=4, on_device=True)
+    dm.setup()
+    dm.trainer = SimpleNamespace(training=True, strategy=SimpleNamespace(root_device="cuda:0"))
+    need = 3 * 16 * 16 * len(dm.train_set)
+    dm.train_set.preload("cpu")  # decoded in RAM: its size is known, nothing has moved yet
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * need - 2, 80 * 2**30))
+    with pytest.raises(ValueError, match=r"on_device=true: the train split \(\d+ images"):
+        dm.train_dataloader()
+    assert dm.train_set.images.device.type == "cpu"
+
+
+def test_dataset_from_tensors_and_preload_roundtrip():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    ds = dm_mod.ImageListDataset.from_tensors(images, [0, 1, 2, 0, 1, 2])
+    x, y = ds.take([5, 0, 5])
+    assert torch.equal(x, images[[5, 0, 5]]) and y.tolist() == [2, 0, 2]
+    assert ds[1][1] == 1 and torch.equal(ds[1][0], images[1]) and ds.nbytes == images.numel()
+    with pytest.raises(ValueError, match="uint8"):
+        dm_mod.ImageListDataset.from_tensors(images.float(), [0] * 6)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="sampler"):
         ImageFolderDataModule(root="x", sampler="weighted")

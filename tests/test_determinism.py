@@ -73,3 +73,12 @@ def test_same_seed_same_results_in_fp32(tmp_path, data_dir):
     second, w_second = _run(tmp_path, data_dir, "b", "seed=7", "trainer.precision=32-true")
     assert first == second
     assert _same_weights(w_first, w_second)
+
+
+@pytest.mark.parametrize("data", [["data.cache=true"], ["data.on_device=true"]])
+def test_cache_and_on_device_train_the_same_weights(three_runs, tmp_path, data_dir, data):
+    """The data path changes speed only: same seed, same batches, same weights and metrics."""
+    reference, w_reference = three_runs[0]
+    results, weights = _run(tmp_path, data_dir, "x", "seed=7", *data)
+    assert results == reference
+    assert _same_weights(weights, w_reference)

@@ -33,6 +33,7 @@ from fruitnet.data.transforms import AUGMENTS, BatchTransform, image_spec, prepr
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BatchedDataset",
     "EpochSampler",
     "ImageFolderDataModule",
     "ImageListDataset",
@@ -54,14 +55,15 @@ class ImageListDataset(Dataset):
     """``(uint8 3 x S x S image, int label)`` pairs from a file list.
 
     With ``cache`` (a `fruitnet.data.cache.DecodedImageCache` over the same paths) items come
-    from the decoded-image memmap instead of ``decode``.
+    from the decoded-image memmap instead of ``decode``; after `preload` they come from one
+    uint8 tensor held on a device. `take` fetches a whole batch at once (see `BatchedDataset`).
     """
 
     def __init__(
         self,
         paths: Sequence[Path],
         labels: Sequence[int],
-        decode: Callable[[Path], torch.Tensor],
+        decode: Callable[[Path], torch.Tensor] | None,
         cache: Any = None,
     ) -> None:
         if len(paths) != len(labels):
@@ -70,6 +72,8 @@ class ImageListDataset(Dataset):
         self.labels = [int(y) for y in labels]
         self.decode = decode
         self.cache = cache
+        self.images: torch.Tensor | None = None  # N x 3 x S x S uint8, set by preload()
+        self.targets: torch.Tensor | None = None  # the labels, on the same device
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], decode, cache_factory=None):
@@ -77,12 +81,89 @@ class ImageListDataset(Dataset):
         cache = cache_factory(paths) if (cache_factory is not None and paths) else None
         return cls(paths, [y for _, y in samples], decode, cache)
 
+    @classmethod
+    def from_tensors(cls, images: torch.Tensor, labels: Sequence[int]) -> ImageListDataset:
+        """A dataset over images already in memory (``N x 3 x S x S`` uint8), e.g. in benchmarks."""
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be N x C x H x W uint8, got {images.dtype} {images.shape}"
+            )
+        dataset = cls([Path(f"<memory>/{i}") for i in range(len(labels))], labels, None)
+        dataset.images = images
+        dataset.targets = torch.as_tensor(dataset.labels, device=images.device)
+        return dataset
+
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return self.images[i], self.labels[i]
         image = self.cache[i] if self.cache is not None else self.decode(self.paths[i])
         return image, self.labels[i]
+
+    def take(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` as one ``(B x 3 x S x S uint8, B int64)`` batch.
+
+        Equal to collating ``self[i]`` one by one, but preloaded and cached images come out of
+        one indexing op instead of B Python calls and a stack.
+        """
+        if self.images is not None:
+            idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+            return self.images[idx], self.targets[idx]
+        if self.cache is not None:
+            images = self.cache.take(indices)
+        else:
+            images = torch.stack([self.decode(self.paths[i]) for i in indices])
+        return images, torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+
+    def preload(self, device: torch.device | str = "cpu") -> None:
+        """Hold every image as one uint8 tensor on ``device`` (from the cache, else decoded)."""
+        if self.images is None:
+            if self.cache is not None:
+                images = self.cache.as_tensor()
+            elif self.paths:
+                images = torch.stack([self.decode(p) for p in self.paths])
+            else:
+                images = torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+            self.images = images
+        self.images = self.images.to(device)
+        self.targets = torch.as_tensor(self.labels, dtype=torch.long, device=self.images.device)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded split (known once preloaded or cached; else 0)."""
+        if self.images is not None:
+            return self.images.numel() * self.images.element_size()
+        if self.cache is not None and len(self):
+            return int(np.prod(self.cache.shape))
+        return 0
+
+
+class BatchedDataset(Dataset):
+    """`ImageListDataset` as the DataLoader sees it: ``__getitems__`` hands whole index batches to
+    `ImageListDataset.take`, and `collate_batch` passes the result through.
+
+    A wrapper rather than a method of the dataset, so code that loads the dataset with the
+    default collate (dataset stats, user code) keeps getting single items.
+    """
+
+    def __init__(self, dataset: ImageListDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.take(indices)
+
+
+def collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DataLoader's collate for `BatchedDataset`: the batch is already collated."""
+    return batch
 
 
 class EpochSampler(Sampler[int]):
@@ -298,6 +379,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         skip_corrupt: bool = False,
         cache: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        on_device: bool = False,
         class_weights: str | Sequence[float] | None = "none",
         sampler: str = "none",
         stats: str = "imagenet",
@@ -331,6 +413,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.skip_corrupt = bool(skip_corrupt)
         self.cache = bool(cache)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else _default_cache_dir()
+        self.on_device = bool(on_device)
         self.class_weights_arg = _class_weights_arg(class_weights)
         self.sampler = sampler
         self.stats = stats
@@ -564,15 +647,53 @@ class ImageFolderDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.persistent_workers,
+            "collate_fn": collate_batch,
         }
+        if self.on_device:
+            self._preload(dataset, split)
+        if dataset.images is not None:
+            # A batch is one indexing op on a tensor in memory: worker processes would only add
+            # copies, and neither they nor pinning can take a tensor already on the GPU.
+            kwargs.update(num_workers=0, persistent_workers=False)
+            if dataset.images.device.type != "cpu":
+                kwargs["pin_memory"] = False
+        batched = BatchedDataset(dataset)
         if train:
             kwargs["drop_last"] = self._train_drop_last(len(dataset))
             weights = self._balanced_weights(dataset) if self.sampler == "balanced" else None
             sampler = EpochSampler(len(dataset), self.seed, weights)
             return ResumableDataLoader(
-                dataset, sampler=sampler, batches_done=self._batches_done, **kwargs
+                batched, sampler=sampler, batches_done=self._batches_done, **kwargs
             )
-        return DataLoader(dataset, **kwargs)
+        return DataLoader(batched, **kwargs)
+
+    def _preload(self, dataset: ImageListDataset, split: str) -> None:
+        """`on_device`: move the split's uint8 images to the device the trainer runs on."""
+        if self.trainer is not None:
+            device = torch.device(self.trainer.strategy.root_device)
+        else:  # outside a Trainer: where an earlier preload put it, else RAM
+            device = dataset.images.device if dataset.images is not None else torch.device("cpu")
+        if dataset.images is not None and dataset.images.device == device:
+            return
+        if device.type == "cuda" and dataset.nbytes:
+            free, _ = torch.cuda.mem_get_info(device)
+            if dataset.nbytes > free // 2:
+                raise ValueError(
+                    f"data.on_device=true: the {split} split ({len(dataset)} images, "
+                    f"{dataset.nbytes / 2**30:.2f} GiB as uint8) would take more than half of "
+                    f"the {free / 2**30:.2f} GiB free on {device}; set data.on_device=false "
+                    "(data.cache=true still keeps JPEG decoding out of the training step)"
+                )
+        t0 = time.monotonic()
+        dataset.preload(device)
+        log.info(
+            "data.on_device: %s split on %s (%d images, %.1f MiB) in %.1f s",
+            split,
+            device,
+            len(dataset),
+            dataset.nbytes / 2**20,
+            time.monotonic() - t0,
+        )
 
     def _batches_done(self) -> int:
         """Training batches of the current epoch the fit loop counts as done: 0 at an epoch's
