@@ -26,8 +26,10 @@ from fruitnet.config import CONFIG_PATH, instantiate_group, run_entry, to_primit
 from fruitnet.module import ClassifierModule
 from fruitnet.results import environment, file_mib, test_metrics, write_json
 from fruitnet.runtime import (
+    MALLOC_MODES,
     AtomicCheckpointIO,
     CheckpointError,
+    configure_malloc,
     device_name,
     load_checkpoint,
     resolve_ckpt_path,
@@ -70,7 +72,9 @@ def init_weights_from(module: ClassifierModule, path: str) -> None:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """The Trainer, with the runtime choices for its device: precision and the host allocator."""
     precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
+    configure_malloc(cfg.get("malloc", "auto"), cfg.trainer.accelerator)
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -102,6 +106,8 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
+    if cfg.get("malloc", "auto") not in MALLOC_MODES:
+        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {cfg.malloc!r}")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
