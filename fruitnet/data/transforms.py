@@ -95,10 +95,11 @@ class BatchTransform(nn.Module):
             raise TypeError(f"BatchTransform expects a uint8 batch, got {x.dtype}")
         if x.ndim == 3:
             x = x.unsqueeze(0)
-        if self.channels_last:
-            # Reorder while still uint8 (a quarter of the bytes); the float ops keep the format.
-            x = x.contiguous(memory_format=torch.channels_last)
         x = F.to_dtype(x, torch.float32, scale=True)
+        if self.channels_last:
+            # Reordered as float: a uint8 reorder is 4x slower here despite a quarter of the bytes
+            # (128 x 3 x 100 x 100 on the CPU: 2.1 ms this way, 7.1 ms reordering the uint8 first).
+            x = x.contiguous(memory_format=torch.channels_last)
         if train and self.augment == "basic":
             x = self._basic(x)
         if not self._identity_norm:
