@@ -4,13 +4,15 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fruitnet-installed
 ARGS ?=
+SEARCH_ARGS ?=
+TRAIN_ARGS ?=
 CKPT ?=
 INPUT ?=
 FORMAT ?= onnx
 DATASET ?= fruits
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint format clean data sizes bench report eval predict export notebook
+.PHONY: help install train test test-slow test-all lint format clean data sizes bench bench-recipes bench-search search search-retrain report eval predict export notebook
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +53,23 @@ sizes: $(STAMP) ## params / MiB / FLOPs table of the three models
 
 bench: $(STAMP) ## speed benchmark against the plain PyTorch loop -> bench/RESULTS.md
 	$(PY) bench/bench.py $(ARGS)
+
+bench-recipes: $(STAMP) ## study recipes vs best_* at equal wall-clock, sample sets -> bench/RECIPES.md
+	$(PY) bench/recipes.py $(ARGS)
+
+bench-search: $(STAMP) ## two latency-target searches + retrains on fruits-360-small, this CPU -> bench/SEARCH.md
+	$(PY) bench/search.py $(ARGS)
+
+# One run folder for both steps of search-retrain (expanded once)
+ifndef SEARCH_DIR
+SEARCH_DIR := logs/search/runs/make-$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
+search: $(STAMP) ## architecture search (ProxylessNAS, latency on this machine): make search ARGS="data=fruits data.root=... search.target_latency_ms=4"
+	$(PY) -m fruitnet.search hydra.run.dir=$(SEARCH_DIR) $(ARGS)
+
+search-retrain: $(STAMP) ## search then train the found net: ARGS (data) for both, SEARCH_ARGS / TRAIN_ARGS for one
+	$(PY) -m fruitnet.search hydra.run.dir=$(SEARCH_DIR) $(ARGS) $(SEARCH_ARGS)
+	$(PY) -m fruitnet.train experiment=search_retrain model.arch=$(SEARCH_DIR)/arch.json $(ARGS) $(TRAIN_ARGS)
 
 report: $(STAMP) ## results table (report.md) and accuracy-vs-size plot (report.png) of runs under logs/
 	$(PY) -m fruitnet.report $(ARGS)

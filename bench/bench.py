@@ -4,7 +4,11 @@
     python bench/bench.py --quick                # tiny settings: checks the script end to end
     python bench/bench.py --device cpu --out /tmp/cpu.md
 
-In one process, on one machine, it measures:
+On one machine, in one run, it measures:
+0. end to end (the headline): the default `python -m fruitnet.train model=<m> data=fruits ...`
+   command from the JPEG files against the study's script (`bench/study_loop.py`: ImageFolder +
+   PIL, 2 workers, fp32, a plain loop with validation), each in a fresh process, interleaved
+   rounds: wall time per epoch (validation and checkpoints included) and time to first step;
 1. train-step images/s per model on pre-made random tensors (so it times the step, not data):
    (a) the study's plain fp32 loop and network (basic CNN: conv, ReLU, pool), contiguous tensors;
    (b) the same loop with fruitnet's network and settings (channels_last, the autocast dtype that
@@ -28,6 +32,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,7 +59,13 @@ from fruitnet.data import (
     preprocess_spec,
 )
 from fruitnet.models import create_model
-from fruitnet.runtime import configure_malloc, cpu_has_fast_bf16, cpu_name, resolve_precision
+from fruitnet.runtime import (
+    configure_malloc,
+    cpu_flags,
+    cpu_has_fast_bf16,
+    cpu_name,
+    resolve_precision,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "fruits-360-small"
@@ -74,7 +85,21 @@ CASES = [
 ]
 QUICK_BATCH = {"cnn": 16, "proxyless": 8, "resnet50": 8}
 
+# End-to-end cases: (model, batch, training batches per epoch (None = the whole split), extra
+# overrides of the fruitnet command, target ratio or None). The study trained the basic CNN at
+# batch 1024 (stage 1); the big models run a few batches per epoch to keep `make bench` short.
+# The 32-true row is the default command on a CPU without BF16 (precision=auto picks fp32 there),
+# against the same study runs as the cnn 128 row.
+E2E_CASES = [
+    ("cnn", 128, None, [], 3.0),
+    ("cnn", 1024, None, [], 3.0),
+    ("cnn", 128, None, ["trainer.precision=32-true"], None),
+    ("proxyless", 64, 6, [], 2.0),
+    ("resnet50", 32, 6, [], 2.0),
+]
+
 TARGETS = {
+    "first step s": 10.0,
     "c/a cnn": 4.0,
     "c/a big": 2.0,
     "c/b": 0.95,
@@ -173,6 +198,169 @@ def quiet_lightning() -> None:
     # Lightning's note whenever OnExceptionCheckpoint is present and there is nothing to resume.
     warnings.filterwarnings("ignore", message=r".*\.fit\(ckpt_path=.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _timeline(t: dict, t0: float, wall: float) -> dict:
+    """Per-epoch wall times from a clock.EpochClock / study_loop.py timeline.
+
+    An epoch runs from its start to the next epoch's start (everything between epochs included:
+    validation, checkpoints, loader restarts), the last one to its end (after validation and its
+    checkpoint). The steady epoch time is the median of the epochs after the first.
+    """
+    ep = t["epochs"]
+    walls = [
+        (ep[k + 1]["start"] if k + 1 < len(ep) else ep[k]["end"]) - ep[k]["start"]
+        for k in range(len(ep))
+    ]
+    steady = walls[1:] or walls
+    epoch_s = statistics.median(steady)
+    val_s = statistics.median(
+        [e["end"] - e["train_end"] for e in (ep[1:] or ep) if "train_end" in e and "end" in e]
+    )
+    images = ep[-1]["images"]
+    return {
+        "first_step_s": t["first_step"] - t0,
+        "fit_start_s": t.get("fit_start", t["first_step"]) - t0,
+        "epoch1_s": walls[0],
+        "epoch_s": epoch_s,
+        "val_s": val_s,
+        "images": images,
+        "images_per_s": images / epoch_s,
+        "wall_s": wall,
+    }
+
+
+def _run_timed(cmd: list[str], out: Path, env: dict, what: str) -> dict:
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(
+            f"bench end-to-end: {what} failed (exit {proc.returncode}):\n"
+            f"{shlex.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return _timeline(json.loads(out.read_text()), t0, wall)
+
+
+def e2e_env(args, cache: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "bench"), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["FRUITNET_CACHE"] = str(cache)  # a fresh cache per run: it is built inside the timing
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def e2e_study(args, root, device, name, batch, limit, epochs, work: Path) -> dict:
+    out = work / f"study-{uuid.uuid4().hex[:8]}.json"
+    cmd = [
+        sys.executable, str(REPO / "bench" / "study_loop.py"), f"--root={root}",
+        f"--model={name}", f"--batch={batch}", f"--epochs={epochs}", f"--out={out}",
+        f"--device={device.type}", "--workers=2",
+    ]  # fmt: skip
+    if limit:
+        cmd.append(f"--limit-batches={limit}")
+    if args.quick:
+        cmd.append("--limit-val-batches=2")
+    return _run_timed(cmd, out, e2e_env(args, work / "unused-cache"), f"study loop {name}")
+
+
+def e2e_command(root, device, name, batch, limit, epochs, extra, quick) -> list[str]:
+    """The default fruitnet command for this case (what a user types), as an argument list."""
+    cmd = ["python", "-m", "fruitnet.train", f"model={name}", "data=fruits", f"data.root={root}",
+           f"data.batch_size={batch}", f"trainer.max_epochs={epochs}"]  # fmt: skip
+    if name != "cnn":
+        cmd.append("model.pretrained=false")  # offline machine; the speed does not depend on it
+    if limit:
+        cmd.append(f"trainer.limit_train_batches={limit}")
+    if quick:
+        cmd.append("trainer.limit_val_batches=2")
+    if device.type == "cpu" and torch.cuda.is_available():
+        cmd.append("trainer=cpu")
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
+        cmd.append("trainer.devices=1")  # devices=auto would start DDP over every GPU
+    return cmd + list(extra)
+
+
+def e2e_fruitnet(args, root, device, name, batch, limit, epochs, extra, work: Path) -> dict:
+    run = work / f"fruitnet-{uuid.uuid4().hex[:8]}"
+    out = run / "clock.json"
+    cmd = e2e_command(root, device, name, batch, limit, epochs, extra, args.quick)
+    cmd[0] = sys.executable
+    cmd += [
+        "test=false",  # after fit, outside the timing; saves bench time
+        f"hydra.run.dir={run}",
+        "+callbacks.bench_clock._target_=clock.EpochClock",
+        f"+callbacks.bench_clock.out={out}",
+    ]
+    result = _run_timed(cmd, out, e2e_env(args, run / "cache"), f"fruitnet.train {name}")
+    shutil.rmtree(run, ignore_errors=True)  # checkpoints and the decoded cache
+    return result
+
+
+def measure_e2e(args, root: Path, device: torch.device, work: Path) -> list[dict]:
+    """The default command against the study's script, end to end from the JPEG files, each run
+    in a fresh process, the two interleaved per case and round; medians over rounds."""
+    epochs = args.e2e_epochs
+    cases = [c for c in E2E_CASES if not args.models or c[0] in args.models]
+    if args.quick:  # checks the script: one case, two tiny runs
+        cases = cases[:1]
+    if device.type == "cuda":  # one batch size per model on a GPU: the study's
+        cases = [(n, 1024 if n == "cnn" else 128, None, x, t) for n, _, _, x, t in cases]
+        cases = [c for i, c in enumerate(cases) if c[:4] not in [d[:4] for d in cases[:i]]]
+    rows = {i: {"study": [], "fruitnet": []} for i in range(len(cases))}
+    study_of: dict[tuple, int] = {}  # cases with the same study run share it
+    for round_ in range(1, args.e2e_rounds + 1):
+        for i, (name, batch, limit, extra, _) in enumerate(cases):
+            if args.quick:
+                batch, limit = QUICK_BATCH[name], 2
+            tag = f"[e2e] {name} b{batch}{' ' + ' '.join(extra) if extra else ''} round {round_}"
+            key = (name, batch, limit)
+            if key not in study_of or study_of[key] == i:
+                study_of[key] = i
+                m = e2e_study(args, root, device, name, batch, limit, epochs, work)
+                rows[i]["study"].append(m)
+                print(f"{tag} study loop: {_e2e_str(m)}", flush=True)
+            m = e2e_fruitnet(args, root, device, name, batch, limit, epochs, extra, work)
+            rows[i]["fruitnet"].append(m)
+            print(f"{tag} fruitnet.train: {_e2e_str(m)}", flush=True)
+    out = []
+    for i, (name, batch, limit, extra, target) in enumerate(cases):
+        if args.quick:
+            batch, limit = QUICK_BATCH[name], 2
+        study = rows[study_of[(name, batch, limit)]]["study"]
+        ours = rows[i]["fruitnet"]
+        med = {side: {k: statistics.median(m[k] for m in runs) for k in runs[0]}
+               for side, runs in (("study", study), ("fruitnet", ours))}  # fmt: skip
+        precision = next((x.split("=", 1)[1] for x in extra if "precision=" in x), None)
+        out.append({
+            "model": name, "batch": batch, "limit": limit, "extra": extra, "target": target,
+            "precision": precision or str(resolve_precision("auto", _acc(device))),
+            "study": med["study"], "fruitnet": med["fruitnet"],
+            "ratio": med["fruitnet"]["images_per_s"] / med["study"]["images_per_s"],
+            "round_ratios": [f["images_per_s"] / s["images_per_s"]
+                             for f, s in zip(ours, study, strict=False)],
+            "command": e2e_command("<fruits-360-small>", device, name, batch, limit, epochs,
+                                   extra, args.quick),
+        })  # fmt: skip
+    return out
+
+
+def _acc(device: torch.device) -> str:
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+def _e2e_str(m: dict) -> str:
+    return (
+        f"fit start {m['fit_start_s']:5.1f} s, first step {m['first_step_s']:5.1f} s, epoch 1 {m['epoch1_s']:5.1f} s, "
+        f"epoch {m['epoch_s']:5.1f} s (val {m['val_s']:.1f} s), {m['images_per_s']:6.1f} img/s, "
+        f"process {m['wall_s']:.0f} s"
+    )
 
 
 # ----------------------------------------------------------------------------- (a), (b): plain loop
@@ -639,9 +827,22 @@ def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "MISS"
 
 
+def isa_flags() -> str:
+    """AVX-512, AVX-512 BF16 and AMX as /proc/cpuinfo lists them."""
+    flags = cpu_flags()
+    parts = [
+        ("AVX-512", "avx512f" in flags),
+        ("AVX-512 BF16", "avx512_bf16" in flags),
+        ("AVX-512 VNNI", "avx512_vnni" in flags),
+        ("AMX", bool({"amx_bf16", "amx_tile"} & flags)),
+    ]
+    return ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in parts)
+
+
 def machine_info(device: torch.device, precision: str) -> list[tuple[str, str]]:
     info = [
         ("CPU", f"{cpu_name()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"),
+        ("CPU ISA", isa_flags()),
         ("CPU bf16 (AVX-512 BF16 / AMX)", "yes" if cpu_has_fast_bf16() else "no"),
     ]
     if device.type == "cuda":
@@ -657,7 +858,7 @@ def machine_info(device: torch.device, precision: str) -> list[tuple[str, str]]:
     return info
 
 
-def render(args, device, precision, steps, data, acc, total_s) -> str:
+def render(args, device, precision, e2e, steps, data, acc, total_s) -> str:
     lines = ["# fruitnet benchmark", ""]
     if args.quick:
         lines += [
@@ -668,6 +869,9 @@ def render(args, device, precision, steps, data, acc, total_s) -> str:
     cmd = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
     lines += [f"Command: `{cmd}` (total {total_s / 60:.1f} min)", ""]
     verdicts: list[tuple[str, str, str]] = []
+
+    if e2e is not None:
+        lines += render_e2e(args, device, e2e, verdicts)
 
     if steps is not None:
         lines += [
@@ -790,6 +994,12 @@ def render(args, device, precision, steps, data, acc, total_s) -> str:
         lines += [f"| {name} | {value} | {res} |" for name, value, res in verdicts]
         lines.append("")
 
+    if device.type != "cuda":
+        lines += [
+            "GPU: not measured (this run had no CUDA device); the CUDA paths of this script are "
+            'unmeasured until it runs on one (bench/README.md, "GPU").',
+            "",
+        ]
     lines += ["## Machine", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in machine_info(device, precision)]
     lines += [
@@ -800,6 +1010,64 @@ def render(args, device, precision, steps, data, acc, total_s) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_e2e(args, device, e2e, verdicts) -> list[str]:
+    limited = sorted({f"{r['model']} {r['limit']}" for r in e2e if r["limit"]})
+    lines = [
+        "## End to end: the default command from JPEG files",
+        "",
+        f"`python -m fruitnet.train model=<m> data=fruits data.root=<{DATASET}> "
+        "data.batch_size=<b>` (every other setting its default), against the study's script "
+        "(`bench/study_loop.py`: torchvision ImageFolder + PIL + ToTensor, 2 DataLoader workers, "
+        "fp32, Adam, a plain loop with a validation pass per epoch), each run in a fresh process "
+        f"from the JPEG files, {args.e2e_epochs} epochs, the two interleaved, median of "
+        f"{args.e2e_rounds} round(s). **epoch s**: wall time of an epoch after the first "
+        "(training, validation over the 380 validation images, checkpoints, everything between "
+        "epochs); **img/s**: training images of that epoch / epoch s; **1st step s**: from "
+        "starting the process to the end of the first training step (imports, scan, "
+        "decoded-image cache build from a cold cache for fruitnet, model build, first step). "
+        + (f"Training batches per epoch limited ({', '.join(limited)}) to keep the run short. "
+           if limited else "")
+        + "The fruitnet runs add only `test=false` and a timing callback to the command.",
+        "",
+        "| model | batch | precision | train images/epoch | study 1st step s | study epoch s "
+        "| study img/s | fruitnet 1st step s | fruitnet epoch 1 s | fruitnet epoch s "
+        "| fruitnet img/s | ratio | per round | target |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- | --- |",
+    ]  # fmt: skip
+    for r in e2e:
+        st, fr = r["study"], r["fruitnet"]
+        t = r["target"]
+        v = verdict(r["ratio"], t) if t else ""
+        target = f">= {t:g} {v}" if t else "(no BF16: info)"
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['precision']} | {fr['images']:.0f} "
+            f"| {st['first_step_s']:.1f} | {st['epoch_s']:.2f} | {st['images_per_s']:.0f} "
+            f"| {fr['first_step_s']:.1f} | {fr['epoch1_s']:.2f} | {fr['epoch_s']:.2f} "
+            f"| {fr['images_per_s']:.0f} | {r['ratio']:.2f} "
+            f"| {' '.join(f'{x:.2f}' for x in r['round_ratios'])} | {target} |"
+        )
+        label = f"e2e {r['model']} b{r['batch']} {r['precision']}"
+        if t:
+            verdicts.append((f"{label} fruitnet / study img/s", f"{r['ratio']:.2f} (>= {t:g})", v))
+    first = next((r for r in e2e if r["model"] == "cnn" and r["target"]), None)
+    if first is not None:
+        t = TARGETS["first step s"]
+        fs = first["fruitnet"]["first_step_s"]
+        v = "PASS" if fs <= t else "MISS"
+        verdicts.append(
+            (f"e2e cnn b{first['batch']} time to first step", f"{fs:.1f} s (<= {t:g})", v)
+        )
+        lines += [
+            "",
+            f"Time to first training step of the default basic-CNN command: {fs:.1f} s "
+            f"(target <= {t:g} s): {v}.",
+        ]
+    lines += ["", "Commands (each with `test=false` and the timing callback added):", ""]
+    lines += [f"- `{shlex.join(r['command'])}`" for r in e2e]
+    return [*lines, ""]
 
 
 def schedule_estimate(steps, acc, device) -> list[str]:
@@ -850,7 +1118,14 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help=f"the {DATASET} folder (default: shared data)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--models", nargs="*", default=None, help="subset of cnn proxyless resnet50")
-    p.add_argument("--only", nargs="*", choices=["steps", "data", "accuracy"], default=None)
+    p.add_argument("--only", nargs="*", choices=["e2e", "steps", "data", "accuracy"], default=None)
+    p.add_argument("--e2e-epochs", type=int, default=2, help="epochs of each end-to-end run")
+    p.add_argument(
+        "--e2e-rounds",
+        type=int,
+        default=3,
+        help="end-to-end rounds (study loop and fruitnet.train interleaved); medians are kept",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="target seconds per measurement")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps, not timed")
     p.add_argument(
@@ -883,6 +1158,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.min_steps, args.rounds = 0.0, 1, 2, 1
+        args.e2e_rounds = 1
     env_cache = os.environ.get("FRUITNET_CACHE")
     args.cache_root = args.cache_dir or (Path(env_cache) if env_cache else REPO / ".cache/fruitnet")
     return args
@@ -897,7 +1173,7 @@ def main(argv=None) -> None:
         return
     started = time.perf_counter()
     root = find_data(args.data)
-    want = set(args.only or ["steps", "data", "accuracy"])
+    want = set(args.only or ["e2e", "steps", "data", "accuracy"])
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -908,11 +1184,12 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="fruitnet-bench-") as tmp:
         work = Path(tmp)
+        e2e = measure_e2e(args, root, device, work) if "e2e" in want else None
         steps = measure_steps(args, device, precision, work) if "steps" in want else None
         data = measure_data(args, root, device) if "data" in want else None
         acc = measure_accuracy(args, root, device, work) if "accuracy" in want else None
 
-    text = render(args, device, precision, steps, data, acc, time.perf_counter() - started)
+    text = render(args, device, precision, e2e, steps, data, acc, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"\n{text}\nbench: wrote {args.out}", flush=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,47 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def run_entry(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point. A failure logs one readable line first; Hydra then reports the job
-    failure with its traceback (and a sweep goes on to the next job)."""
+    """Run an entry point, its output kept to what is about the run (`fruitnet.console`).
+
+    A failure prints one readable line, ``fruitnet: <what is wrong>``, and exits with status 1,
+    no traceback: a bad value or a missing file is the user's to fix, not a crash. With
+    ``HYDRA_FULL_ERROR=1``, and in a multirun (where Hydra records each failed job and a sweep
+    goes on), the exception propagates after that line and Hydra prints the traceback.
+    """
+    from fruitnet.console import quiet_third_party
+
+    quiet_third_party()
     try:
         return run(cfg)
     except Exception as err:
-        log.error("fruitnet: %s", err)
-        raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _is_multirun():
+            log.error("fruitnet: %s", err)
+            raise
+        log.error("fruitnet: %s", error_line(err))
+        raise SystemExit(1) from None
+
+
+# Errors that are about the user's input (a value, a file, the data): their message is the line.
+_USER_ERRORS = (ValueError, OSError, LookupError, RuntimeError)
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err``; the exception's type leads where the message alone would not say
+    what went wrong (``KeyError: 'x'``), with a pointer to the traceback for unexpected errors."""
+    cause = err.__cause__
+    if isinstance(err, InstantiationException) and cause is not None:
+        # "Error in call to target ...: ValueError(...)": the constructor's own message says it
+        return error_line(cause)
+    message = str(err).strip() or type(err).__name__
+    if isinstance(err, KeyError) or not isinstance(err, _USER_ERRORS):
+        message = f"{type(err).__name__}: {message}"
+    if not isinstance(err, _USER_ERRORS):
+        message += " (HYDRA_FULL_ERROR=1 shows the traceback)"
+    return message
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -7,12 +7,19 @@ Writes into the run directory (logs/eval/runs/<timestamp>/):
   results.json           same schema as training's (`fruitnet.results`), plus `artifacts`
   confusion_matrix.png   labelled; above 30 classes the most-confused ones plus a table
   per_class.csv          support, precision, recall, f1, accuracy per class
-  mistakes.png           the most confident mistakes (true / predicted + probability)
+  mistakes.png           the most confident mistakes (true / predicted + probability); with
+                         explain on, one row each: image, Grad-CAM for the predicted class and
+                         for the true class
   mistakes.csv           every mistake, most confident first, with its file
+  cam_mean.png           two-class tasks, explain on: mean Grad-CAM per class (`fruitnet.explain`)
+
+`explain=auto` (the default) makes the Grad-CAM maps when the explain extra is installed
+(`pip install 'fruitnet[explain]'`), and otherwise says so in one line.
 
 The preprocessing follows the checkpoint (`hparams.preprocess`): `norm` and the image size are
-taken from it, and its mean/std normalise the batches. The data root is the user's to give; the
-dataset's class names must equal the checkpoint's.
+taken from it, and its mean/std normalise the batches. Without ``data=``/``data.root=`` the
+evaluation runs on the training run's data, which the checkpoint records (`use_training_data`);
+any dataset given instead must have the checkpoint's class names.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from fruitnet import explain as cam
 from fruitnet import plots
 from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.transforms import BatchTransform, image_spec
@@ -90,9 +98,48 @@ def require_data_root(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ValueError(
             "data.root is required: the dataset to evaluate on, e.g. data=fruits "
-            "data.root=/data/fruits-360 (a checkpoint does not record where its data was)."
+            "data.root=/data/fruits-360 (this checkpoint does not record its training data)."
             + training_data_hint(cfg.ckpt_path)
         )
+
+
+# Data keys that belong to the machine evaluating, not to the dataset: taken from eval's config.
+_LOCAL_DATA_KEYS = ("num_workers", "pin_memory", "persistent_workers", "cache", "cache_dir")
+
+
+def use_training_data(cfg: DictConfig, record: Any) -> str | None:
+    """Without ``data=``/``data.root=``, evaluate on the training run's data, which the checkpoint
+    records (`fruitnet.train.data_record`); the command line's ``data.*`` overrides still apply.
+
+    Sets ``cfg.data`` and returns the training data's preset name; returns None (``cfg`` as it
+    is) when the command line names the data. Raises when the checkpoint has no record (older
+    checkpoints) or the recorded data root no longer exists.
+    """
+    if not OmegaConf.is_missing(cfg.data, "root"):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("node"), dict):
+        require_data_root(cfg)
+    node = OmegaConf.create(record["node"])
+    preset = record.get("preset") or "?"
+    for key in _LOCAL_DATA_KEYS:
+        if key in cfg.data:
+            node[key] = OmegaConf.select(cfg, f"data.{key}")
+    _, overrides = hydra_choices()
+    for text in overrides:
+        key = text.split("=", 1)[0].lstrip("+~")
+        if key.startswith("data.") and "=" in text:
+            OmegaConf.update(node, key[len("data.") :], OmegaConf.select(cfg, key), merge=False)
+    root = node.get("root")
+    generated = str(node.get("_target_", "")).endswith("SyntheticDataModule")
+    if root and not generated and not Path(root).exists():
+        raise ValueError(
+            f"the checkpoint's training data no longer exists: data={preset} data.root={root}. "
+            "Name the dataset to evaluate on, e.g. data=fruits data.root=/data/fruits-360."
+        )
+    log.info("no data= given: evaluating on the training run's data=%s data.root=%s", preset, root)
+    with open_dict(cfg):
+        cfg.data = node
+    return preset
 
 
 def data_config(cfg: DictConfig, preprocess: dict[str, Any]) -> DictConfig:
@@ -199,9 +246,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    require_data_root(cfg)
+    explain = cam.wanted(cfg.get("explain", "auto"), log)  # explain=true without Captum: stop now
     ckpt = load_checkpoint(cfg.ckpt_path)
     module = classifier_from_checkpoint(ckpt, cfg.ckpt_path)
+    preset = use_training_data(cfg, module.hparams.get("data_config"))
     # Keep what results.json needs; drop the rest (optimizer state can be hundreds of MiB).
     stored = {k: ckpt.get(k) for k in ("epoch", "global_step", "val_acc_best")}
     del ckpt
@@ -252,18 +300,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     artifacts["mistakes_csv"] = str(write_csv(output_dir / "mistakes.csv", mistake_rows, fields))
     shown = wrong[: int(cfg.mistakes)]
     artifacts["mistakes_png"] = None
+    explainer = cam.CamExplainer(module, device=trainer.strategy.root_device) if explain else None
     if shown:
-        fig = plots.mistakes_figure(
-            torch.stack([dm.test_set[i][0] for i, _, _ in shown]),
-            [names[int(labels[i])] for i, _, _ in shown],
-            [names[p] for _, p, _ in shown],
-            [prob for _, _, prob in shown],
-            title=f"The {len(shown)} most confident of {len(wrong)} mistakes "
-            f"({len(labels)} test images)",
+        images = torch.stack([dm.test_set[i][0] for i, _, _ in shown])
+        true_idx = [int(labels[i]) for i, _, _ in shown]
+        pred_idx = [p for _, p, _ in shown]
+        title = (
+            f"The {len(shown)} most confident of {len(wrong)} mistakes ({len(labels)} test images)"
         )
+        texts = ([names[t] for t in true_idx], [names[p] for p in pred_idx])
+        probs_shown = [prob for _, _, prob in shown]
+        if explainer is not None:
+            batch = dm.batch_size
+            fig = cam.mistakes_cam_figure(
+                images,
+                explainer.maps(images, pred_idx, batch_size=batch),
+                explainer.maps(images, true_idx, batch_size=batch),
+                *texts,
+                probs_shown,
+                title=title,
+            )
+        else:
+            fig = plots.mistakes_figure(images, *texts, probs_shown, title=title)
         artifacts["mistakes_png"] = str(plots.save_figure(fig, output_dir / "mistakes.png"))
     else:
         log.info("no mistakes on the test split: no mistakes.png")
+    artifacts["cam_mean_png"] = None
+    if explainer is not None and len(names) == 2:
+        mean_images, mean_maps, counts = cam.class_mean_maps(
+            explainer, dm.test_set, labels, len(names),
+            limit=int(cfg.get("explain_images", 200)), batch_size=dm.batch_size,
+        )  # fmt: skip
+        fig = cam.mean_map_figure(mean_images, mean_maps, names, counts)
+        artifacts["cam_mean_png"] = str(plots.save_figure(fig, output_dir / "cam_mean.png"))
 
     # -- results.json: the training schema, with what a checkpoint can tell -------------------
     total, trainable = profile.count_params(module.net)
@@ -272,7 +341,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     val_best = stored["val_acc_best"]
     results = {
         "model": hp.model_name,
-        "data": choices.get("data", "?"),
+        "data": preset or choices.get("data", "?"),
         "experiment": None,
         "data_root": str(dm.data_root),
         "layout": dm.layout,

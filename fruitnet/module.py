@@ -9,6 +9,7 @@ import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
@@ -46,6 +47,10 @@ class ClassifierModule(L.LightningModule):
     Every constructor argument is a primitive (str/int/float/bool/list/dict), and the network is
     built here from its registry name, so checkpoints load with `weights_only=True` and
     `ClassifierModule.load_from_checkpoint(path)` needs neither Hydra nor pickled objects.
+    A searched ProxylessNAS arch travels as ``model_kwargs["arch"]`` (the net-config dict, so the
+    checkpoint rebuilds without the file); ``arch_path`` only records where it came from.
+    ``data_config`` records the training data (``{"preset": name, "node": data config}``,
+    resolved, absolute root) so that `fruitnet.eval` finds it without ``data=``; unused here.
     """
 
     def __init__(
@@ -66,6 +71,8 @@ class ClassifierModule(L.LightningModule):
         preprocess: dict[str, Any] | None = None,
         channels_last: bool = True,
         compile: bool = False,
+        arch_path: str | None = None,
+        data_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -187,11 +194,24 @@ class ClassifierModule(L.LightningModule):
         monitor = sched_cfg.pop("monitor", "val/loss")
         if sched_cfg["_target_"].endswith("OneCycleLR") and "total_steps" not in sched_cfg:
             sched_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if sched_cfg["_target_"].endswith("TimeBudgetOneCycle") and not sched_cfg.get("budget_s"):
+            sched_cfg["budget_s"] = self._time_budget_s()
         scheduler = hydra.utils.instantiate(sched_cfg)(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": monitor},
         }
+
+    def _time_budget_s(self) -> float:
+        """Seconds of trainer.max_time left, the span of a time-budgeted schedule."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is None:
+            raise ValueError(
+                "scheduler=onecycle_time spreads the cycle over trainer.max_time: set it "
+                "(e.g. trainer.max_time=00:00:10:00) or use scheduler=onecycle"
+            )
+        return float(remaining)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Metric states are not in the state_dict; keep the best val acc across resumes.

@@ -7,6 +7,8 @@ The checkpoint carries the class names and the preprocessing (`hparams.preproces
 or data config is needed: images are decoded with `fruitnet.data.io.load_image` and normalised by
 `fruitnet.data.transforms.BatchTransform`, exactly as the datamodule feeds the network.
 Prints a table and writes `preds.csv` into the run directory, or `output=` (.csv or .json).
+`explain=true` also writes one Grad-CAM overlay PNG per image (`fruitnet.explain`) into
+`<output stem>_explain/` beside it (needs `pip install 'fruitnet[explain]'`).
 """
 
 from __future__ import annotations
@@ -227,6 +229,11 @@ def resolve_device(device: str) -> str:
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """Predict as configured; returns the rows written to the output file."""
     output = check_output_path(cfg.output or Path(cfg.paths.output_dir) / "preds.csv")
+    explain = bool(cfg.get("explain", False))
+    if explain:
+        from fruitnet import explain as cam
+
+        cam.require()  # before any work: the error says how to install the extra
     inputs = collect_inputs(cfg.input)
     if inputs.skipped:
         names = ", ".join(p.name for p in inputs.skipped[:5])
@@ -242,6 +249,17 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     print(format_table(rows, int(cfg.show)))
     write_predictions(rows, output)
     log.info("%d prediction(s) -> %s", len(rows), output)
+    if explain:
+        source = Path(cfg.input).expanduser()
+        explain_dir = output.parent / f"{output.stem}_explain"
+        overlays = cam.write_overlays(
+            predictor,
+            rows,
+            explain_dir,
+            root=source if source.is_dir() else None,
+            batch_size=cfg.batch_size,
+        )
+        log.info("%d Grad-CAM overlay(s) -> %s", len(overlays), explain_dir)
     return rows
 
 

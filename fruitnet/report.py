@@ -9,6 +9,7 @@ accuracy, the binary metrics of chest X-ray runs, epochs, training time, images/
     python -m fruitnet.report                                     # all runs under logs/
     python -m fruitnet.report logs/train/multiruns/2026-01-01_12-00-00-000000
     python -m fruitnet.report 'logs/study_*/runs/*' --out reports/
+    python -m fruitnet.report logs/best_cnn --curves              # + curves.png (loss, accuracy)
 
 A reader, not a Hydra app: it never trains, and a run's missing keys show as "–". The loaders
 (`load_runs`, `read_metrics`) and figures are reused by notebooks/compare_models.ipynb.
@@ -32,11 +33,13 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
+from PIL import Image
 
 __all__ = [
     "Column",
     "accuracy_vs_size_figure",
     "columns_for",
+    "CURVE_PANELS",
     "curves_figure",
     "default_logs_dir",
     "epoch_curve",
@@ -46,6 +49,7 @@ __all__ = [
     "markdown_table",
     "read_metrics",
     "run_label",
+    "write_curves",
     "write_report",
 ]
 
@@ -59,6 +63,13 @@ BINARY_METRICS = [
     ("test_f1", "F1"),
 ]
 MARKERS = {"cnn": "o", "resnet50": "s", "proxyless": "^"}
+# The four training curves of `--curves` / `write_curves`: loss and accuracy, train and val
+CURVE_PANELS = (
+    ("train/loss_epoch", "training loss"),
+    ("val/loss", "validation loss"),
+    ("train/acc", "training accuracy"),
+    ("val/acc", "validation accuracy"),
+)
 OTHER_MARKERS = ["D", "v", "P", "X", "*", "h"]
 
 
@@ -412,21 +423,30 @@ def curves_figure(
         ("val/loss", "validation loss"),
         ("val/acc", "validation accuracy"),
     ),
+    *,
+    rows: Sequence[Sequence[dict[str, float]]] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Per-epoch curves from each run's csv/metrics.csv, one panel per metric, one line per run
-    (runs without a CSV log are left out and named in the title)."""
+    (runs without a CSV log are left out and named in the title).
+
+    `rows` (one list per run) replaces reading the CSVs, e.g. a resumed run's two CSVs joined
+    into one curve; a run's optional "color" key fixes its line colour (seeds of one recipe)."""
     fig = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    logged = [(r, rows) for r in runs if (rows := read_metrics(r["run_path"]))]
-    for ax, (column, title) in zip(axes, metrics, strict=True):
+    if rows is None:
+        rows = [read_metrics(r["run_path"]) for r in runs]
+    logged = [(r, run_rows) for r, run_rows in zip(runs, rows, strict=True) if run_rows]
+    for ax, (column, panel) in zip(axes, metrics, strict=True):
         for i, (run, rows) in enumerate(logged):
             epochs, values = epoch_curve(rows, column)
             if epochs:
                 # Lightning counts epochs from 0; plotted from 1 like the results' "epochs"
                 x = [e + 1 for e in epochs]
-                ax.plot(x, values, marker="o", ms=3, color=f"C{i % 10}", label=run["label"])
-        ax.set_title(title)
+                color = run.get("color", f"C{i % 10}")
+                ax.plot(x, values, marker="o", ms=3, color=color, label=run["label"])
+        ax.set_title(panel)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
@@ -437,9 +457,33 @@ def curves_figure(
                 0.5, 0.5, f"no {column} logged", ha="center", va="center", transform=ax.transAxes
             )
     missing = len(runs) - len(logged)
-    if missing:
-        fig.suptitle(f"{missing} run(s) without csv/metrics.csv not shown", fontsize=9)
+    note = f"{missing} run(s) without csv/metrics.csv not shown" if missing else ""
+    if title or note:
+        fig.suptitle(" \u2013 ".join(t for t in (title, note) if t), fontsize=10)
     return fig
+
+
+def write_curves(
+    runs: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    *,
+    rows: Sequence[Sequence[dict[str, float]]] | None = None,
+    title: str | None = None,
+    dpi: int = 80,
+    colors: int | None = 64,
+) -> Path:
+    """`curves_figure` with the four CURVE_PANELS, saved as a PNG: 80 dpi and a 64-colour palette
+    by default (a third of the bytes of full colour for line plots, e.g. to commit next to a
+    table); colors=None keeps full colour."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = curves_figure(runs, CURVE_PANELS, rows=rows, title=title)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    if colors:
+        with Image.open(path) as img:
+            small = img.convert("RGB").quantize(colors=colors)
+        small.save(path, optimize=True)
+    return path
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -494,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where report.md and report.png are written (default: the current directory)",
     )
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="also write curves.png: train/val loss and accuracy per epoch of every run",
+    )
     return parser
 
 
@@ -512,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(runs))
     md, png = write_report(runs, args.out, sources)
     print(f"\n{len(runs)} run(s); wrote {md} and {png}")
+    if args.curves:
+        print(f"wrote {write_curves(runs, Path(args.out) / 'curves.png')}")
     return 0
 
 

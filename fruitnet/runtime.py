@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class OnExceptionCheckpoint(Checkpoint):
+    """Saves a full checkpoint (``dirpath/filename.ckpt``) when the run is interrupted: Ctrl-C,
+    SIGTERM, an exception. A finished run removes it; ``ckpt_path=last`` resumes from it.
+
+    Lightning's own `OnExceptionCheckpoint` does the same, but its presence also turns every
+    ``trainer.fit(ckpt_path=None)`` into ``ckpt_path="last"``: a fresh run warned "was called
+    without a model" and would silently resume whatever an earlier run left in a reused run
+    directory. fruitnet decides what to resume (`resolve_ckpt_path`), so this one is a plain
+    `Checkpoint`. It also gives `Trainer.save_checkpoint` its ``weights_only`` flag (False: save
+    optimizer, loops and callbacks too, the checkpoint is a resume point; that flag chooses what
+    to save, nothing is loaded), which Lightning's leaves unset and then logs about.
+    """
+
+    FILE_EXTENSION = ".ckpt"
+
+    def __init__(self, dirpath: str | os.PathLike, filename: str = "on_exception") -> None:
+        super().__init__()
+        if not filename:
+            raise ValueError("The filename cannot be empty")
+        self.dirpath = dirpath
+        self.filename = filename
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
+
+    def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+
+    def teardown(self, trainer, *args: Any, **kwargs: Any) -> None:
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -18,11 +18,13 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fruitnet.callbacks import ModelSizeCallback, RNGStateCheckpoint, TrainThroughput
 from fruitnet.config import CONFIG_PATH, instantiate_group, run_entry, to_primitive
+from fruitnet.models.proxyless import load_arch
 from fruitnet.module import ClassifierModule
 from fruitnet.results import environment, file_mib, test_metrics, write_json
 from fruitnet.runtime import (
@@ -39,6 +41,18 @@ from fruitnet.runtime import (
 log = logging.getLogger("fruitnet.train")
 
 
+def model_kwargs_of(cfg: DictConfig, input_size: int) -> dict[str, Any]:
+    """``model.kwargs``, plus ``model.arch``'s net config (a plain dict, checked against the input
+    size) so that the checkpoint's hparams rebuild the network without the file."""
+    kwargs = to_primitive(cfg.model.get("kwargs")) or {}
+    arch = cfg.model.get("arch")
+    if arch:
+        if cfg.model.name != "proxyless":
+            raise ValueError(f"model.arch is for model=proxyless, not model={cfg.model.name}")
+        kwargs["arch"] = load_arch(arch, input_size)
+    return kwargs
+
+
 def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
     return ClassifierModule(
         model_name=cfg.model.name,
@@ -46,7 +60,8 @@ def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
         input_size=dm.input_size,
         optimizer=to_primitive(cfg.optimizer),
         scheduler=to_primitive(cfg.get("scheduler")) or None,
-        model_kwargs=to_primitive(cfg.model.get("kwargs")) or {},
+        model_kwargs=model_kwargs_of(cfg, dm.input_size),
+        arch_path=str(cfg.model.arch) if cfg.model.get("arch") else None,
         pretrained=cfg.model.pretrained,
         weights=cfg.model.get("weights"),
         class_names=list(dm.class_names),
@@ -56,7 +71,17 @@ def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
         preprocess=dm.preprocess,
         channels_last=bool(cfg.model.get("channels_last", True)),
         compile=bool(cfg.model.get("compile", False)),
+        data_config=data_record(cfg),
     )
+
+
+def data_record(cfg: DictConfig) -> dict[str, Any]:
+    """The data config as the checkpoint keeps it: primitive, resolved, with an absolute root, so
+    `fruitnet.eval ckpt_path=...` evaluates on the training run's data without ``data=``."""
+    node = to_primitive(cfg.data)
+    if node.get("root") is not None:
+        node["root"] = str(Path(node["root"]).expanduser().absolute())
+    return {"preset": hydra_choices()[0].get("data"), "node": node}
 
 
 def init_weights_from(module: ClassifierModule, path: str) -> None:
@@ -75,12 +100,17 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The Trainer, with the runtime choices for its device: precision and the host allocator."""
     precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
     configure_malloc(cfg.get("malloc", "auto"), cfg.trainer.accelerator)
+    extra = {}
+    if cfg.trainer.get("enable_model_summary") is None and _find(callbacks, ModelSummary) is None:
+        # callbacks.model_summary=null drops the summary; Lightning would add its own default.
+        extra["enable_model_summary"] = False
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         precision=precision,
         plugins=[AtomicCheckpointIO()],
+        **extra,
     )
 
 
@@ -108,6 +138,11 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
     if cfg.get("malloc", "auto") not in MALLOC_MODES:
         raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {cfg.malloc!r}")
+    # (fruitnet.search has no optimizer group: its two optimizers are search.* keys)
+    lr = cfg.optimizer.get("lr") if cfg.get("optimizer") is not None else 0.0
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < float("inf"):
+        # Checked before the data is scanned; torch would only refuse it at fit start.
+        raise ValueError(f"optimizer.lr must be a number >= 0, got {lr!r} (e.g. optimizer.lr=1e-3)")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -178,6 +213,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "lr": float(cfg.optimizer.lr),
         "seed": cfg.seed,
         "pretrained": cfg.model.pretrained,
+        "arch": str(cfg.model.arch) if cfg.model.get("arch") else None,
         "weights_source": getattr(module.net, "weights_source", None),
         **(size.stats if size is not None else {}),
         "checkpoint_mb": file_mib(best),

@@ -23,6 +23,11 @@ def test_bench_quick_writes_the_report(tmp_path, shared_data):
     for header in [
         "# fruitnet benchmark",
         "QUICK RUN",
+        "## End to end: the default command from JPEG files",
+        "| model | batch | precision | train images/epoch | study 1st step s | study epoch s "
+        "| study img/s | fruitnet 1st step s | fruitnet epoch 1 s | fruitnet epoch s "
+        "| fruitnet img/s | ratio | per round | target |",
+        "time to first step",
         "## Train step",
         "| model | input | batch | steps a/b/c | (a) plain fp32 | (b) plain fruitnet settings "
         "| (c) fruitnet.train | c/a | target c/a | c/b | target c/b | c/b median step |",

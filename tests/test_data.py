@@ -582,6 +582,41 @@ def test_decoded_cache_matches_direct_decoding(tmp_path):
         assert plain.train_set[i][1] == cached.train_set[i][1]
 
 
+def test_cache_auto_on_when_it_fits_off_when_not(tmp_path, monkeypatch, caplog):
+    """data.cache=auto: on for a set that fits in half the free disk and RAM (the same pixels as
+    decoding), off when it does not, and a cache dir that cannot be written falls back to decoding."""
+    root = fruits_tree(tmp_path / "f", size=(30, 20))
+    kw = dict(root=root, image_size=16, val_fraction=0.2)
+    plain = ImageFolderDataModule(**kw)
+    plain.setup()
+    with caplog.at_level(logging.INFO, logger="fruitnet.data.datamodule"):
+        auto = ImageFolderDataModule(**kw, cache="auto", cache_dir=tmp_path / "cache")
+        auto.setup()
+    assert auto.cache and auto.train_set.cache is not None
+    assert "data.cache=auto" in caplog.text and "-> cache on" in caplog.text
+    assert torch.equal(plain.train_set.take(range(len(plain.train_set)))[0],
+                       auto.train_set.take(range(len(auto.train_set)))[0])  # fmt: skip
+
+    monkeypatch.setattr(dm_mod, "available_ram", lambda: 1000)  # 1 kB of RAM: does not fit
+    small = ImageFolderDataModule(**kw, cache="auto", cache_dir=tmp_path / "cache2")
+    small.setup()
+    assert not small.cache and small.train_set.cache is None
+    assert not (tmp_path / "cache2").exists()
+    monkeypatch.undo()
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    fallback = ImageFolderDataModule(**kw, cache="auto", cache_dir=blocked / "cache")
+    with caplog.at_level(logging.WARNING, logger="fruitnet.data.datamodule"):
+        fallback.setup()
+    assert not fallback.cache and fallback.train_set.cache is None
+    assert "cannot build the decoded-image cache" in caplog.text
+    with pytest.raises(OSError):
+        ImageFolderDataModule(**kw, cache=True, cache_dir=blocked / "cache").setup()
+    with pytest.raises(ValueError, match="cache must be"):
+        ImageFolderDataModule(**kw, cache="yes")
+
+
 def noise_tree(root: Path, classes=3, n=7, size=(20, 20)) -> Path:
     """Fruits layout whose images all differ (random pixels, PNG: decoding is exact)."""
     rng = np.random.default_rng(0)

@@ -75,9 +75,13 @@ def test_same_seed_same_results_in_fp32(tmp_path, data_dir):
     assert _same_weights(w_first, w_second)
 
 
-@pytest.mark.parametrize("data", [["data.cache=true"], ["data.on_device=true"]])
+@pytest.mark.parametrize(
+    "data", [["data.cache=false"], ["data.cache=true"], ["data.on_device=true"]]
+)
 def test_cache_and_on_device_train_the_same_weights(three_runs, tmp_path, data_dir, data):
-    """The data path changes speed only: same seed, same batches, same weights and metrics."""
+    """The data path changes speed only: same seed, same batches, same weights and metrics.
+    The reference runs use the default data.cache=auto (on for this small set), so the
+    cache=false case is "auto vs off"."""
     reference, w_reference = three_runs[0]
     results, weights = _run(tmp_path, data_dir, "x", "seed=7", *data)
     assert results == reference

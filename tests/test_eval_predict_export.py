@@ -140,8 +140,41 @@ def test_eval_refuses_a_dataset_with_other_classes(trained, data_dir, tmp_path):
     assert "Synthetic Apple Red" in str(err.value)
 
 
-def test_eval_asks_for_the_data_root_and_says_what_training_used(trained, data_dir, tmp_path):
+def test_eval_without_data_uses_the_recorded_training_data(trained, data_dir, tmp_path):
     cfg = compose_entry("eval", [f"ckpt_path={trained.ckpt}", *EVAL_FAST], tmp_path, data_dir)
+    results = run_eval(cfg)
+    assert results["data"] == "synthetic" and results["num_test"] == 80
+    assert abs(results["test_acc"] - trained.results["test_acc"]) <= 1e-6
+
+
+def _edited_checkpoint(trained, tmp_path: Path, edit) -> Path:
+    """A copy of the trained checkpoint (beside its run's results.json), hparams edited."""
+    ckpt = torch.load(trained.ckpt, weights_only=True)
+    edit(ckpt["hyper_parameters"])
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained.run_dir / "results.json", run / "results.json")
+    torch.save(ckpt, run / "checkpoints" / "edited.ckpt")
+    return run / "checkpoints" / "edited.ckpt"
+
+
+def test_eval_says_when_the_training_data_is_gone(trained, data_dir, tmp_path):
+    def moved(hp):
+        node = hp["data_config"]["node"]
+        node.update(_target_="fruitnet.data.ImageFolderDataModule", root=str(tmp_path / "gone"))
+
+    ckpt = _edited_checkpoint(trained, tmp_path, moved)
+    cfg = compose_entry("eval", [f"ckpt_path={ckpt}", *EVAL_FAST], tmp_path / "out", data_dir)
+    with pytest.raises(ValueError, match="training data no longer exists: data=synthetic") as err:
+        run_eval(cfg)
+    assert str(tmp_path / "gone") in str(err.value) and "data.root=" in str(err.value)
+
+
+def test_eval_of_an_older_checkpoint_asks_for_the_data_root_and_says_what_training_used(
+    trained, data_dir, tmp_path
+):
+    ckpt = _edited_checkpoint(trained, tmp_path, lambda hp: hp.pop("data_config"))
+    cfg = compose_entry("eval", [f"ckpt_path={ckpt}", *EVAL_FAST], tmp_path / "out", data_dir)
     with pytest.raises(ValueError, match="data.root is required") as err:
         run_eval(cfg)
     assert "used data=synthetic" in str(err.value)

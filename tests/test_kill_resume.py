@@ -242,6 +242,14 @@ def test_sigterm_saves_a_checkpoint_exits_143_then_resumes(sigterm_and_resume):
     )
 
 
+def test_sigterm_prints_no_lightning_notes(sigterm_and_resume):
+    """The on-exception save says weights_only=False itself (a full resume point); Lightning
+    logged "`weights_only` was not set, defaulting to `False`" when it was left unset."""
+    out = sigterm_and_resume["output"]
+    for text in ("weights_only", "without a model", "Total FLOPs", "Traceback"):
+        assert text not in out, out[-3000:]
+
+
 def test_sigterm_resume_matches_an_uninterrupted_run(sigterm_and_resume, kill_and_resume):
     """Lightning stops on SIGTERM between two steps, so the resumed run is exact as well."""
     base, resumed = kill_and_resume[0], sigterm_and_resume["results"]

@@ -151,6 +151,15 @@ def test_configs_work_from_a_non_editable_install(tmp_path):
                cwd=tmp_path, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "name: proxyless" in proc.stdout and "layout: fruits" in proc.stdout
+    # the built-in net config (package data) ships in the wheel: ProxylessNAS-GPU builds from it
+    arch = cli("-c", "import fruitnet.models.proxyless as p; print(p.BUILTIN_ARCH); "
+               "print(sum(x.numel() for x in p.ProxylessNASNets().parameters()))",
+               cwd=tmp_path, env=env)  # fmt: skip
+    assert arch.returncode == 0, arch.stderr
+    assert arch.stdout.startswith(str(site)) and arch.stdout.split()[-1] == "7119848"
+    search = cli("-m", "fruitnet.search", "--cfg", "job", "search=imagenet", cwd=tmp_path, env=env)
+    assert search.returncode == 0, search.stderr
+    assert "feature_mix: 1280" in search.stdout
     shutil.rmtree(site)
 
 

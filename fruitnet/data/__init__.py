@@ -11,6 +11,7 @@ from fruitnet.data.datamodule import (
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image, resize_crop
 from fruitnet.data.scan import (
     ClassMismatchError,
+    DataConflictError,
     DataRootError,
     DataWarning,
     ScanResult,
@@ -25,6 +26,7 @@ __all__ = [
     "BatchTransform",
     "ClassMismatchError",
     "CorruptImageError",
+    "DataConflictError",
     "DataRootError",
     "DataWarning",
     "ImageFolderDataModule",

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import time
 import uuid
@@ -346,6 +347,34 @@ def _atomic_write_json(path: Path, data: dict) -> None:
             tmp.unlink()
 
 
+# data.cache=auto turns the decoded-image cache on when the decoded set fits in this share of the
+# free disk under the cache dir and of the available RAM.
+CACHE_AUTO_SHARE = 0.5
+
+
+def available_ram() -> int | None:
+    """Bytes of RAM available without swapping (Linux MemAvailable, else free pages); None if
+    unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return None
+
+
+def _free_disk(path: Path) -> int | None:
+    """Free bytes on the filesystem that holds ``path`` (its nearest existing parent)."""
+    path = Path(path).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            with contextlib.suppress(OSError):
+                return shutil.disk_usage(p).free
+            return None
+    return None
+
+
 def _auto_bool(value: Any, default: bool) -> bool:
     return default if value in ("auto", None) else bool(value)
 
@@ -378,7 +407,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         split: Sequence[float] = (0.8, 0.1, 0.1),
         augment: str = "none",
         skip_corrupt: bool = False,
-        cache: bool = False,
+        cache: bool | str = False,
         cache_dir: str | os.PathLike | None = None,
         on_device: bool = False,
         class_weights: str | Sequence[float] | None = "none",
@@ -412,7 +441,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.split = tuple(float(f) for f in split)
         self.augment = augment
         self.skip_corrupt = bool(skip_corrupt)
-        self.cache = bool(cache)
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"cache must be true, false or auto, got {cache!r}")
+        self.cache_arg = cache
+        self.cache = cache is True  # "auto" is decided in setup(), once the split sizes are known
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else _default_cache_dir()
         self.on_device = bool(on_device)
         self.class_weights_arg = _class_weights_arg(class_weights)
@@ -437,6 +469,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.split_counts: dict[str, int] = {}
         self.class_counts: dict[str, list[int]] = {}
         self.skipped: list[tuple[Path, str]] = []
+        self.duplicates = 0
         self.batch_transform: BatchTransform | None = None
         self.train_set: ImageListDataset | None = None
         self.val_set: ImageListDataset | None = None
@@ -472,10 +505,22 @@ class ImageFolderDataModule(L.LightningDataModule):
             size = auto_image_size([p for p, _ in train], seed=self.seed)
         spec = preprocess_spec(self.norm, size)
         decode = functools.partial(load_image, **image_spec(spec))
+        if self.cache_arg == "auto":
+            self.cache = self._cache_fits(len(train) + len(val) + len(test), spec["size"])
         factory = self._cache_factory(spec, decode) if self.cache else None
-        self.train_set = ImageListDataset.from_samples(train, decode, factory)
-        self.val_set = ImageListDataset.from_samples(val, decode, factory)
-        self.test_set = ImageListDataset.from_samples(test, decode, factory)
+        try:
+            self.train_set = ImageListDataset.from_samples(train, decode, factory)
+            self.val_set = ImageListDataset.from_samples(val, decode, factory)
+            self.test_set = ImageListDataset.from_samples(test, decode, factory)
+        except OSError as err:
+            if self.cache_arg != "auto":
+                raise
+            # auto promised speed, not a cache: an unwritable or full cache dir decodes instead.
+            log.warning("data.cache=auto: cannot build the decoded-image cache (%s); decoding", err)
+            self.cache = False
+            self.train_set = ImageListDataset.from_samples(train, decode)
+            self.val_set = ImageListDataset.from_samples(val, decode)
+            self.test_set = ImageListDataset.from_samples(test, decode)
 
         if self.stats == "dataset":
             spec["mean"], spec["std"] = self._dataset_stats(spec)
@@ -490,8 +535,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.batch_transform = BatchTransform(
             spec["mean"], spec["std"], augment=self.augment, channels_last=self.channels_last
         )
+        self.duplicates = scan.duplicates
         log.info(
-            "data: %s layout at %s: %d classes, train/val/test = %d/%d/%d images, input %d px "
+            "data: %s layout at %s: %d classes, train/val/test = %d/%d/%d images%s, input %d px "
             "(norm=%s, stats=%s, workers=%d) in %.1f s",
             self.layout,
             self.data_root,
@@ -499,6 +545,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             len(train),
             len(val),
             len(test),
+            # links reaching a file twice in one class: counted once
+            f" ({scan.duplicates} duplicate files skipped)" if scan.duplicates else "",
             self.input_size,
             self.norm,
             self.stats,
@@ -572,6 +620,32 @@ class ImageFolderDataModule(L.LightningDataModule):
             labels, (1 - self.val_fraction, self.val_fraction), self.seed
         )
         return [scan.train[i] for i in train_idx], [scan.train[i] for i in val_idx], test
+
+    def _cache_fits(self, n_images: int, size: int) -> bool:
+        """`cache=auto`: on when the decoded set (``n x 3 x size x size`` bytes) takes at most
+        `CACHE_AUTO_SHARE` of the free disk under ``cache_dir`` and of the available RAM (the page
+        cache must hold it for later epochs to skip the disk)."""
+        nbytes = n_images * 3 * size * size
+        disk = _free_disk(self.cache_dir)
+        ram = available_ram()
+        limits = [b for b in (disk, ram) if b is not None]
+        fits = bool(limits) and all(nbytes <= CACHE_AUTO_SHARE * b for b in limits)
+
+        def gib(b: int | None) -> str:
+            return "unknown" if b is None else f"{b / 2**30:.1f} GiB"
+
+        log.info(
+            "data.cache=auto: decoded set %.1f MiB (%d images, %d px); free disk %s, available "
+            "RAM %s -> cache %s (on when it fits in %d %% of both)",
+            nbytes / 2**20,
+            n_images,
+            size,
+            gib(disk),
+            gib(ram),
+            "on" if fits else "off",
+            round(100 * CACHE_AUTO_SHARE),
+        )
+        return fits
 
     def _cache_factory(self, spec: dict, decode) -> Callable[[list[Path]], Any]:
         from fruitnet.data.cache import DecodedImageCache

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fruitnet.models.cnn import BasicCNN
-from fruitnet.models.proxyless import ProxylessNASGPU
+from fruitnet.models.proxyless import ProxylessNASGPU, is_builtin_arch
 from fruitnet.models.resnet import DEFAULT_WEIGHTS, build_resnet50, resnet50_source, weights_enum
 from fruitnet.models.weights import (
     PROXYLESS_GPU,
@@ -61,8 +61,13 @@ class ModelSpec:
     description: str
     # Dotted path of the final nn.Linear: tells a weights file's class count.
     head: str = "fc"
-    # Model kwargs -> downloadable weights; None when there are no pretrained weights.
-    weights_source: Callable[..., WeightsSource] | None = None
+    # Model kwargs -> downloadable weights; None when there are no pretrained weights (for
+    # any kwargs), or when the callable returns None (none for these kwargs, e.g. a searched arch).
+    weights_source: Callable[..., WeightsSource | None] | None = None
+    # Dotted path of the module whose 4-D output Grad-CAM explains (`fruitnet.explain`): the last
+    # conv stage. None (or a path that does not resolve in a built net): the last module holding
+    # an nn.Conv2d whose output is 4-D, found by one probe forward.
+    cam_layer: str | None = None
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -134,16 +139,18 @@ def create_model(
     if weights:  # "" from a config override means "no file", like None
         path = Path(weights).expanduser()
         return _from_state(build, spec, load_state_dict_file(path), num_classes, str(path))
-    if pretrained == "auto" and spec.weights_source is None:
+    source = spec.weights_source(**kwargs) if spec.weights_source is not None else None
+    if pretrained == "auto" and source is None:
         pretrained = False
     if pretrained:
-        if spec.weights_source is None:
+        if source is None:
+            which = " for this architecture (model.arch)" if kwargs.get("arch") else ""
             raise ValueError(
-                f"no pretrained weights for {spec.name}: use model.pretrained=false, "
+                f"no pretrained weights for {spec.name}{which}: use model.pretrained=false, "
                 "or model.weights=PATH for a file of your own"
             )
         try:
-            path = fetch(spec.weights_source(**kwargs), model=spec.name)
+            path = fetch(source, model=spec.name)
         except WeightsUnavailableError as err:
             if pretrained is True:
                 raise
@@ -207,6 +214,8 @@ register_model(
         weights_url=None,
         description="basic CNN: 4 x [conv3x3-ReLU-maxpool] (16/32/64/128), FC 625, dropout 0.5",
         head="classifier.fc2",
+        # the output of conv4-pool4-relu4 (128 x 6 x 6 at 100 px)
+        cam_layer="features",
     )
 )
 register_model(
@@ -220,6 +229,7 @@ register_model(
         description=f"torchvision ResNet-50, ImageNet weights {DEFAULT_WEIGHTS}",
         head="fc",
         weights_source=resnet50_source,
+        cam_layer="layer4",
     )
 )
 register_model(
@@ -230,8 +240,11 @@ register_model(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         weights_url=PROXYLESS_GPU.url,
-        description="ProxylessNAS-GPU (ICLR 2019), official ImageNet weights",
+        description="ProxylessNAS-GPU (ICLR 2019), official ImageNet weights; model.arch=PATH: any net config",
         head="classifier.linear",
-        weights_source=lambda **_: PROXYLESS_GPU,
+        # The official ImageNet weights fit the built-in arch only (a searched arch: none)
+        weights_source=lambda arch=None, **_: PROXYLESS_GPU if is_builtin_arch(arch) else None,
+        # the 1x1 conv after the last block (1728 x 7 x 7 at 224 px); searched nets share it
+        cam_layer="feature_mix_layer",
     )
 )

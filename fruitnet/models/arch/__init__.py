@@ -1,0 +1,1 @@
+"""Net configs (official ProxylessNAS JSON format) shipped with fruitnet."""

@@ -1,0 +1,1 @@
+"""ProxylessNAS-style hardware-aware architecture search (`python -m fruitnet.search`)."""

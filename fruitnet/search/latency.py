@@ -1,0 +1,426 @@
+"""Latency lookup table: every candidate op timed at its input shape on the run's own device.
+
+Each entry is the median forward time (ms per batch of ``search.latency_batch`` images, eval mode,
+no grad, after warm-up runs; the best of ``search.latency_rounds`` such medians) of one block exactly as the finished network runs it: the MBConv op
+plus its identity shortcut when the block has one. The fixed layers (stem, first block, and the
+head = feature mix + pool + classifier) are timed the same way, so the predicted latency of a
+path is ``sum(fixed) + sum(LUT of the chosen ops)`` and the expected latency of the supernet is
+``sum(fixed) + sum_edges sum_ops p_op * LUT(op)`` (the zero op costs 0: its block is an identity).
+
+Entries are cached as JSON under ``<paths.cache_dir>/latency/<device>.json`` keyed by device name
+(CPU model and thread count, or the GPU name), dtype, memory format, batch and shape, so a second
+search on the same machine reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fruitnet.models.proxyless import MBInvertedConvLayer, MobileInvertedResidualBlock
+from fruitnet.runtime import cpu_name
+from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet, parse_op
+
+log = logging.getLogger(__name__)
+
+LATENCY_LOSSES = ("mul_log", "add", "abs")
+
+
+def lut_device_name(device: torch.device) -> str:
+    """What the timings depend on: the GPU, or the CPU model and the intra-op thread count."""
+    if device.type == "cuda":
+        return f"cuda-{torch.cuda.get_device_name(device)}"
+    return f"cpu-{cpu_name()}-{torch.get_num_threads()}threads"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:120]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_module(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 1,
+) -> float:
+    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad).
+
+    With ``rounds`` > 1 the median is taken that many times and the smallest counts: a round in
+    which another process took the cores reads high, never low."""
+    module = module.to(device=device, dtype=dtype).eval()
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if channels_last and x.dim() == 4:
+        module = module.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    medians = []
+    with torch.no_grad():
+        for _ in range(max(1, rounds)):
+            times = []
+            for i in range(warmup + repeats):
+                _sync(device)
+                start = time.perf_counter()
+                module(x)
+                _sync(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+            medians.append(statistics.median(times))
+    return min(medians) * 1000.0
+
+
+def _read_cache(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("entries", {}))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        log.warning("latency cache %s unreadable; timing again", path)
+        return {}
+
+
+def _write_cache(path: Path, device: str, entries: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"device": device, "entries": entries}, indent=0, sort_keys=True))
+    tmp.replace(path)
+
+
+class _Head(nn.Module):
+    def __init__(self, net: SuperNet) -> None:
+        super().__init__()
+        self.feature_mix_layer = net.feature_mix_layer
+        self.global_avg_pool = net.global_avg_pool
+        self.classifier = net.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.feature_mix_layer is not None:
+            x = self.feature_mix_layer(x)
+        return self.classifier(torch.flatten(self.global_avg_pool(x), 1))
+
+
+class LatencyTable:
+    """The LUT of one supernet: ``fixed_ms`` (stem + first block + head) and ``edges[e][k]`` (ms
+    of candidate k of edge e; 0 for the zero op). Plain data, so it travels in hparams."""
+
+    def __init__(self, fixed_ms: dict[str, float], edges: list[list[float]], meta: dict[str, Any]):
+        self.fixed_ms = dict(fixed_ms)
+        self.edges = [list(map(float, e)) for e in edges]
+        self.meta = dict(meta)
+
+    @property
+    def fixed_total(self) -> float:
+        return float(sum(self.fixed_ms.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fixed_ms": self.fixed_ms, "edges": self.edges, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        return cls(data["fixed_ms"], data["edges"], data.get("meta", {}))
+
+    def path_ms(self, choices: list[int]) -> float:
+        """Predicted latency of one path (one op index per edge)."""
+        return self.fixed_total + sum(e[c] for e, c in zip(self.edges, choices, strict=True))
+
+    def min_ms(self) -> float:
+        return self.fixed_total + sum(min(e) for e in self.edges)
+
+    def max_ms(self) -> float:
+        return self.fixed_total + sum(max(e) for e in self.edges)
+
+    def expected_ms(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """E[latency] = fixed + sum_e sum_k p_ek LUT_ek, differentiable in the probabilities."""
+        total = probs[0].new_tensor(self.fixed_total)
+        for p, table in zip(probs, self.edges, strict=True):
+            total = total + (p * p.new_tensor(table)).sum()
+        return total
+
+
+def _block_key(info: dict[str, Any], name: str) -> str:
+    kernel, expand = parse_op(name)
+    return (
+        f"mbconv-in:{info['side']}x{info['side']}x{info['in']}-out:{info['out']}"
+        f"-k{kernel}-e{expand}-s{info['stride']}-idskip:{int(info['residual'])}"
+    )
+
+
+def build_latency_table(
+    net: SuperNet,
+    *,
+    device: torch.device,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LatencyTable:
+    """Time every fixed layer and every candidate op of ``net`` (cached per device/dtype/shape)."""
+    dev_name = lut_device_name(device)
+    cache_file = Path(cache_dir) / f"{_slug(dev_name)}.json" if cache_dir else None
+    cache: dict[str, Any] = _read_cache(cache_file)
+    prefix = f"{str(dtype).replace('torch.', '')}|{'cl' if channels_last else 'cf'}|b{batch}|"
+    hits = misses = 0
+    bn = net.space.bn
+
+    def timed(key: str, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
+        nonlocal hits, misses
+        full = prefix + key
+        if full in cache:
+            hits += 1
+            return cache[full]
+        misses += 1
+        ms = time_module(
+            make(),
+            shape,
+            device=device,
+            dtype=dtype,
+            channels_last=channels_last,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+        )
+        cache[full] = ms
+        if progress is not None:
+            progress(f"{key}: {ms:.3f} ms")
+        return ms
+
+    import copy
+
+    s = net.input_size
+    first_side = net.first_block_side
+    fixed = {
+        "first_conv": timed(
+            f"first_conv-in:{s}x{s}x3-out:{net.space.first_conv}-k3-s2",
+            lambda: copy.deepcopy(net.first_conv),
+            (batch, 3, s, s),
+        ),
+        "first_block": timed(
+            f"mbconv-in:{first_side}x{first_side}x{net.space.first_conv}-out:"
+            f"{net.space.first_block}-k3-e1-s1-idskip:0",
+            lambda: copy.deepcopy(net.blocks[0]),
+            (batch, net.space.first_conv, first_side, first_side),
+        ),
+        "head": timed(
+            f"head-in:{net.final_side}x{net.final_side}x{net.last_channels}"
+            f"-mix:{net.space.feature_mix}-classes:{net.num_classes}",
+            lambda: copy.deepcopy(_Head(net)),
+            (batch, net.last_channels, net.final_side, net.final_side),
+        ),
+    }
+    edges: list[list[float]] = []
+    for info in net.edge_info:
+        row = []
+        for name in info["names"]:
+            if name == ZERO:
+                row.append(0.0)
+                continue
+            kernel, expand = parse_op(name)
+
+            def make(info=info, kernel=kernel, expand=expand) -> nn.Module:
+                op = MBInvertedConvLayer(
+                    info["in"], info["out"], kernel, info["stride"], expand, bn=bn
+                )
+                return MobileInvertedResidualBlock(op, nn.Identity() if info["residual"] else None)
+
+            row.append(
+                timed(
+                    _block_key(info, name),
+                    make,
+                    (batch, info["in"], info["side"], info["side"]),
+                )
+            )
+        edges.append(row)
+    if cache_file is not None and misses:
+        _write_cache(cache_file, dev_name, {**_read_cache(cache_file), **cache})
+    log.info(
+        "latency table on %s (batch %d, %s): %d entries timed, %d from cache %s",
+        dev_name,
+        batch,
+        prefix.rstrip("|"),
+        misses,
+        hits,
+        cache_file or "(no cache)",
+    )
+    meta = {
+        "device": dev_name,
+        "batch": batch,
+        "dtype": str(dtype).replace("torch.", ""),
+        "channels_last": channels_last,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rounds": rounds,
+    }
+    return LatencyTable(fixed, edges, meta)
+
+
+def calibrate(
+    table: LatencyTable,
+    net: SuperNet,
+    *,
+    device: torch.device,
+    channels_last: bool = True,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+    n_random: int = 2,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> LatencyTable:
+    """Fit ``measured = scale * table + offset`` on whole finished nets, and apply it.
+
+    Ops timed alone run with their weights and input hot in cache and without the Python calls
+    between blocks, so on a CPU the sum of the table tends to be below the whole network's time.
+    A few paths (the fastest, the slowest and ``n_random`` random ones) are built as finished nets
+    (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole at the table's batch size; the
+    least-squares line through (table sum, measured) rescales every entry and adds the offset as
+    a fixed ``overhead`` entry. The raw table and the fit are kept in ``meta["calibration"]``.
+    """
+    from fruitnet.models.proxyless import ProxylessNASNets
+
+    gen = torch.Generator().manual_seed(seed)
+    paths = [
+        [min(range(len(e)), key=e.__getitem__) for e in table.edges],
+        [max(range(len(e)), key=e.__getitem__) for e in table.edges],
+    ]
+    for _ in range(n_random):
+        paths.append([int(torch.randint(len(e), (1,), generator=gen)) for e in table.edges])
+    batch = int(table.meta.get("batch", 1))
+    # Cached with the table (same file): keyed by the raw table (itself cached per device, dtype
+    # and shape) and the paths, so every search over this space on this machine shares one fit.
+    key = (
+        "calibration|"
+        + hashlib.sha1(
+            json.dumps(
+                [table.to_dict()["fixed_ms"], table.edges, paths, net.num_classes, net.input_size],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+    )
+    cache_file = (
+        Path(cache_dir) / f"{_slug(str(table.meta.get('device')))}.json" if cache_dir else None
+    )
+    cached = _read_cache(cache_file).get(key)
+    points = [tuple(p) for p in cached] if cached else []
+    for path in [] if points else paths:
+        arch = net.export_arch(path)
+        model = ProxylessNASNets(num_classes=net.num_classes, input_size=net.input_size, arch=arch)
+        ms = time_module(
+            model,
+            (batch, 3, net.input_size, net.input_size),
+            device=device,
+            channels_last=channels_last,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+        )
+        points.append((table.path_ms(path), ms))
+    if cache_file is not None and not cached:
+        entries = _read_cache(cache_file)
+        entries[key] = [list(p) for p in points]
+        _write_cache(cache_file, str(table.meta.get("device")), entries)
+    xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    ys = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    if float(xs.max() - xs.min()) > 1e-9:
+        scale = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+    else:
+        scale = 1.0
+    if not math.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    offset = float(ys.mean() - scale * xs.mean())
+    fixed = {k: v * scale for k, v in table.fixed_ms.items()}
+    fixed["overhead"] = offset
+    edges = [[v * scale for v in row] for row in table.edges]
+    meta = {
+        **table.meta,
+        "calibration": {
+            "scale": scale,
+            "offset_ms": offset,
+            "points": [{"table_ms": x, "measured_ms": y} for x, y in points],
+            "raw": {"fixed_ms": table.fixed_ms, "edges": table.edges},
+        },
+    }
+    log.info(
+        "latency table calibrated on %d whole nets: measured = %.3f x table %+.3f ms (points %s)",
+        len(points),
+        scale,
+        offset,
+        ", ".join(f"{x:.2f}->{y:.2f}" for x, y in points),
+    )
+    return LatencyTable(fixed, edges, meta)
+
+
+def check_target(table: LatencyTable, target_ms: float, loss: str) -> None:
+    """Refuse a target the space cannot reach, or a loss form that cannot use it."""
+    if loss not in LATENCY_LOSSES:
+        raise SearchConfigError(
+            f"search.latency_loss must be one of {', '.join(LATENCY_LOSSES)}, got {loss!r}"
+        )
+    if not target_ms or target_ms <= 0:
+        raise SearchConfigError(f"search.target_latency_ms must be > 0, got {target_ms!r}")
+    smallest = table.min_ms()
+    if target_ms < smallest:
+        raise SearchConfigError(
+            f"search.target_latency_ms={target_ms:g} is below the smallest net in the space: "
+            f"{smallest:.3f} ms ({table.meta.get('device')}, batch {table.meta.get('batch')}); "
+            "raise the target or shrink the space (search.widths, depths, first_conv, feature_mix)"
+        )
+    if loss == "mul_log" and target_ms <= 1.0:
+        raise SearchConfigError(
+            f"search.latency_loss=mul_log uses log(E[latency]) / log(target) and needs a target "
+            f"above 1 ms, got {target_ms:g}; use search.latency_loss=add"
+        )
+
+
+def latency_loss(
+    ce: torch.Tensor,
+    expected_ms: torch.Tensor,
+    target_ms: float,
+    loss: str,
+    *,
+    beta: float = 0.3,
+    lam: float = 0.1,
+) -> torch.Tensor:
+    """The latency term of the architecture loss.
+
+    ``mul_log``: CE * (log E[LAT] / log target)^beta, the paper's multiplicative form (official
+    ``mul#log``). Note: the target only multiplies this loss by the constant
+    ``(log target)^-beta``, and Adam's update is invariant to a constant gradient scale, so with
+    the (Adam) architecture optimizer the target does not change the search; beta sets the
+    accuracy/latency trade-off. ``add``: CE + lambda * (E[LAT] - target) / target, the additive
+    form (official ``add#linear``): one-sided, it always rewards a faster net; the target sets the
+    weight lambda / target. ``abs``: CE + lambda * |E[LAT] / target - 1|, two-sided (the absolute
+    reward of TuNAS, Bender et al. 2020): it pulls E[LAT] toward the target from both sides.
+    """
+    import math
+
+    if loss == "mul_log":
+        return ce * (torch.log(expected_ms) / math.log(target_ms)) ** beta
+    if loss == "add":
+        return ce + lam * (expected_ms - target_ms) / target_ms
+    if loss == "abs":
+        return ce + lam * torch.abs(expected_ms / target_ms - 1.0)
+    raise SearchConfigError(f"search.latency_loss must be one of {LATENCY_LOSSES}, got {loss!r}")

@@ -1,0 +1,483 @@
+"""The ProxylessNAS supernet: mixed edges over MBConv candidates, binarized path sampling.
+
+Method (Cai, Zhu, Han, ICLR 2019; facts in ``shared/docs/proxyless_gpu.md`` section 6):
+
+- Each searchable block holds a `MixedEdge` with one architecture parameter per candidate op,
+  ``p = softmax(alpha)``.
+- Weight steps: every edge samples ONE op from ``p`` and only that op runs (binarized path).
+- Architecture steps: binary gates ``g`` (one-hot on the active op) multiply the op outputs, so
+  ``dL/dg_k = <o_k(x), dL/dy>`` for each involved candidate ``k``; the paper's estimate is
+  ``dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i)``. Two modes:
+
+  * ``two`` (the paper's two-path mode, the default): sample 2 ops without replacement from
+    ``p``, pick the active one of the pair by the softmax over the pair's two alphas, run both
+    (the inactive one detached), and update ONLY those two alphas with the estimate over the
+    pair; after the optimizer step both are shifted by ``log(sum exp(alpha_new) /
+    sum exp(alpha_old))`` over the pair, so every other op keeps its probability.
+  * ``full``: every candidate runs (the inactive ones detached) and all alphas get the estimate.
+
+  If the active op is the zero op, the edge's alphas are not updated in that step (official rule).
+- `export_arch` takes ``argmax(alpha)`` per edge and writes a net config in the official JSON
+  format, which `fruitnet.models.proxyless.ProxylessNASNets` builds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fruitnet.models.proxyless import (
+    LinearLayer,
+    MBInvertedConvLayer,
+    MobileInvertedResidualBlock,
+    ZeroLayer,
+    conv_bn,
+    identity_config,
+    init_he_fout,
+)
+
+ZERO = "zero"
+_OP_RE = re.compile(r"^(\d+)x(\d+)_MBConv(\d+)$")
+ARCH_MODES = ("two", "full")
+
+
+class SearchConfigError(ValueError):
+    """A search space or search setting that cannot run (named key, one line)."""
+
+
+def parse_op(name: str, key: str = "search.candidates") -> tuple[int, int] | None:
+    """``"5x5_MBConv3"`` -> (kernel 5, expand 3); ``"zero"`` -> None; anything else: an error."""
+    if name == ZERO:
+        return None
+    m = _OP_RE.match(str(name))
+    if not m or m.group(1) != m.group(2) or int(m.group(1)) % 2 == 0 or int(m.group(3)) < 1:
+        raise SearchConfigError(
+            f"{key}: unknown op {name!r}; valid: KxK_MBConvE with odd K and E >= 1 "
+            f"(e.g. 3x3_MBConv3, 7x7_MBConv6) or {ZERO!r}"
+        )
+    return int(m.group(1)), int(m.group(3))
+
+
+def op_name(kernel: int, expand: int) -> str:
+    return f"{kernel}x{kernel}_MBConv{expand}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The supernet's shape: stem, fixed first block, stages of mixed edges, head."""
+
+    first_conv: int  # channels of the 3x3 stride-2 stem
+    first_block: int  # output channels of the fixed 3x3 MBConv1 block
+    widths: tuple[int, ...]  # per stage
+    depths: tuple[int, ...]  # mixed edges per stage
+    strides: tuple[int, ...]  # stride of each stage's first block
+    candidates: tuple[str, ...]  # MBConv ops; "zero" is added where allowed
+    zero: bool  # offer the zero op on the non-first blocks of a stage
+    feature_mix: int  # channels of the 1x1 feature-mix conv (0 = none)
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-3
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SearchSpace:
+        def ints(key: str) -> tuple[int, ...]:
+            value = cfg.get(key)
+            if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+                raise SearchConfigError(f"search.{key} must be a non-empty list, got {value!r}")
+            out = tuple(int(v) for v in value)
+            if any(v < 1 for v in out):
+                raise SearchConfigError(f"search.{key} must be positive integers, got {value!r}")
+            return out
+
+        widths, depths, strides = ints("widths"), ints("depths"), ints("strides")
+        if not len(widths) == len(depths) == len(strides):
+            raise SearchConfigError(
+                f"search.widths, depths and strides need one entry per stage, got "
+                f"{len(widths)}, {len(depths)} and {len(strides)}"
+            )
+        if any(s not in (1, 2) for s in strides):
+            raise SearchConfigError(f"search.strides must be 1 or 2, got {list(strides)}")
+        candidates = tuple(str(c) for c in cfg.get("candidates") or ())
+        ops = [parse_op(c) for c in candidates]
+        if not any(op is not None for op in ops):
+            raise SearchConfigError("search.candidates needs at least one MBConv op")
+        zero = ZERO in candidates
+        bn = cfg.get("bn") or {}
+        return cls(
+            first_conv=int(cfg["first_conv"]),
+            first_block=int(cfg["first_block"]),
+            widths=widths,
+            depths=depths,
+            strides=strides,
+            candidates=tuple(c for c in candidates if c != ZERO),
+            zero=zero,
+            feature_mix=int(cfg.get("feature_mix") or 0),
+            bn_momentum=float(bn.get("momentum", 0.1)),
+            bn_eps=float(bn.get("eps", 1e-3)),
+        )
+
+    @property
+    def bn(self) -> dict[str, float]:
+        return {"momentum": self.bn_momentum, "eps": self.bn_eps}
+
+
+class MixedEdge(nn.Module):
+    """Candidate ops of one block and their architecture parameters ``alpha``.
+
+    State between `sample_*` and `arch_grad`: ``active`` (the op that runs), ``involved`` (the
+    ops whose gates get a gradient in an architecture step; None in a weight step) and ``gates``.
+    """
+
+    def __init__(self, ops: Sequence[nn.Module], names: Sequence[str], init_std: float = 1e-3):
+        super().__init__()
+        self.candidate_ops = nn.ModuleList(ops)
+        self.names = list(names)
+        self.alpha = nn.Parameter(torch.randn(len(ops)) * init_std)
+        self.active = 0
+        self.involved: list[int] | None = None
+        self.gates: torch.Tensor | None = None
+        self._alpha_before: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.candidate_ops)
+
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self.alpha.float(), dim=0)
+
+    def is_zero(self, index: int) -> bool:
+        return isinstance(self.candidate_ops[index], ZeroLayer)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def sample_weight_path(self, generator: torch.Generator | None = None) -> None:
+        """A weight step: one op drawn from p runs, no gates."""
+        p = self.probs().detach().cpu()
+        self.active = int(torch.multinomial(p, 1, generator=generator))
+        self.involved = None
+        self.gates = None
+
+    def set_argmax(self) -> None:
+        self.active = int(self.alpha.detach().argmax())
+        self.involved = None
+        self.gates = None
+
+    def sample_arch_path(self, mode: str, generator: torch.Generator | None = None) -> None:
+        """An architecture step: gates over the involved ops, one-hot on the active one."""
+        p = self.probs().detach().cpu()
+        if mode == "two" and self.n >= 2:
+            pair = torch.multinomial(p, 2, replacement=False, generator=generator).tolist()
+            q = F.softmax(self.alpha.detach().cpu()[pair].float(), dim=0)
+            first = int(torch.multinomial(q, 1, generator=generator))
+            self.active = pair[first]
+            self.involved = [pair[first], pair[1 - first]]
+        elif mode in ("two", "full"):
+            self.active = int(torch.multinomial(p, 1, generator=generator))
+            self.involved = list(range(self.n))
+        else:
+            raise SearchConfigError(f"search.arch_mode must be one of {ARCH_MODES}, got {mode!r}")
+        gates = torch.zeros(self.n, device=self.alpha.device)
+        gates[self.active] = 1.0
+        self.gates = gates.requires_grad_(True)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.involved is None:
+            return self.candidate_ops[self.active](x)
+        out = None
+        for k in self.involved:
+            o = self.candidate_ops[k](x)
+            if k != self.active:
+                o = o.detach()
+            term = self.gates[k] * o
+            out = term if out is None else out + term
+        return out
+
+    # -- architecture gradient -----------------------------------------------------------------
+
+    def arch_grad(self) -> torch.Tensor | None:
+        """The paper's estimate from the gate gradients (None: no update for this edge).
+
+        ``dL/dalpha_i = sum_j dL/dg_j q_j (delta_ij - q_i) = q_i (G_i - <G, q>)`` over the
+        involved ops, with ``q`` the softmax over the involved alphas (all ops: ``q = p``).
+        """
+        if self.involved is None or self.gates is None or self.gates.grad is None:
+            return None
+        if self.is_zero(self.active):
+            return None
+        idx = torch.tensor(self.involved, device=self.alpha.device)
+        q = F.softmax(self.alpha.detach().float()[idx], dim=0)
+        g = self.gates.grad.detach().float()[idx]
+        grad = torch.zeros(self.n, device=self.alpha.device, dtype=torch.float32)
+        grad[idx] = q * (g - (g * q).sum())
+        return grad
+
+    def apply_arch_grad(self, mode: str) -> None:
+        """Set ``alpha.grad`` for the architecture optimizer: the binary-gate estimate plus
+        whatever autograd put there (the latency term's d E[latency] / d alpha). In the two-path
+        mode only the involved pair keeps a gradient, so only those two alphas move."""
+        est = self.arch_grad()
+        grad = self.alpha.grad
+        if est is None:
+            # The zero op was active: the edge is left alone this step (official rule).
+            self.alpha.grad = None
+        else:
+            grad = est if grad is None else grad.float() + est
+            if mode == "two" and self.involved is not None and len(self.involved) == 2:
+                mask = torch.zeros_like(grad)
+                mask[self.involved] = 1.0
+                grad = grad * mask
+            self.alpha.grad = grad.to(self.alpha.dtype)
+        self._alpha_before = self.alpha.detach().clone()
+
+    @torch.no_grad()
+    def rescale(self, mode: str) -> None:
+        """Two-path mode, after the optimizer step: shift the pair so that the other ops keep
+        their probabilities (the sum of exp(alpha) over the pair is what it was)."""
+        if mode != "two" or self._alpha_before is None or self.involved is None:
+            return
+        if len(self.involved) != 2:
+            return
+        idx = self.involved
+        new = torch.logsumexp(self.alpha[idx].float(), 0)
+        old = torch.logsumexp(self._alpha_before[idx].float(), 0)
+        self.alpha[idx] -= (new - old).to(self.alpha.dtype)
+
+    def end_arch_step(self) -> None:
+        self.involved = None
+        self.gates = None
+        self._alpha_before = None
+
+
+class SuperNet(nn.Module):
+    """first_conv -> fixed first block -> mixed-edge blocks -> feature mix -> pool -> classifier.
+
+    ``self.blocks[i]`` is a `MobileInvertedResidualBlock` whose ``mobile_inverted_conv`` is the
+    first block's fixed op (i = 0) or a `MixedEdge`; ``self.edges`` lists the mixed edges and
+    ``self.edge_info`` their input shape, stride and candidate names (the latency table keys).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        num_classes: int,
+        input_size: int,
+        dropout: float = 0.0,
+        init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.dropout = dropout
+        bn = space.bn
+        size = _out_side(input_size, 3, 2)
+        self.first_conv = conv_bn(3, space.first_conv, 3, stride=2, bn=bn)
+        first = MBInvertedConvLayer(space.first_conv, space.first_block, 3, 1, 1, bn=bn)
+        self.blocks = nn.ModuleList([MobileInvertedResidualBlock(first, None)])
+        self.fixed_info = [{"kind": "first_conv", "side": input_size}]
+        self.first_block_side = size
+        self.edges: list[MixedEdge] = []
+        self.edge_info: list[dict[str, Any]] = []
+        channels = space.first_block
+        for stage, (width, depth, stride) in enumerate(
+            zip(space.widths, space.depths, space.strides, strict=True)
+        ):
+            for cell in range(depth):
+                s = stride if cell == 0 else 1
+                if s > 1 and size <= 1:
+                    raise SearchConfigError(
+                        f"search.strides: stage {stage} (stride {s}) gets a 1x1 feature map at "
+                        f"input size {input_size}; use fewer stride-2 stages"
+                    )
+                names = list(space.candidates)
+                ops: list[nn.Module] = []
+                for name in names:
+                    kernel, expand = parse_op(name)
+                    ops.append(MBInvertedConvLayer(channels, width, kernel, s, expand, bn=bn))
+                residual = s == 1 and channels == width
+                if space.zero and cell > 0 and residual:
+                    names.append(ZERO)
+                    ops.append(ZeroLayer())
+                edge = MixedEdge(ops, names, init_std)
+                shortcut = nn.Identity() if residual else None
+                self.blocks.append(MobileInvertedResidualBlock(edge, shortcut))
+                self.edges.append(edge)
+                self.edge_info.append(
+                    {
+                        "stage": stage,
+                        "in": channels,
+                        "out": width,
+                        "stride": s,
+                        "side": size,
+                        "residual": residual,
+                        "names": names,
+                    }
+                )
+                size = _out_side(size, 3, s)
+                channels = width
+        self.last_channels = channels
+        self.final_side = size
+        if space.feature_mix:
+            self.feature_mix_layer = conv_bn(channels, space.feature_mix, 1, bn=bn)
+            channels = space.feature_mix
+        else:
+            self.feature_mix_layer = None
+        self.global_avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = LinearLayer(channels, num_classes, dropout)
+        self.apply(init_he_fout)
+        # init_he_fout does not touch alpha (not a module), so the arch init stays N(0, init_std).
+
+    # -- parameter groups ----------------------------------------------------------------------
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [e.alpha for e in self.edges]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- modes ---------------------------------------------------------------------------------
+
+    def sample_weight_paths(self, generator: torch.Generator | None = None) -> None:
+        for e in self.edges:
+            e.sample_weight_path(generator)
+
+    def sample_arch_paths(self, mode: str, generator: torch.Generator | None = None) -> None:
+        for e in self.edges:
+            e.sample_arch_path(mode, generator)
+
+    def set_argmax(self) -> None:
+        for e in self.edges:
+            e.set_argmax()
+
+    def apply_arch_grads(self, mode: str) -> None:
+        for e in self.edges:
+            e.apply_arch_grad(mode)
+
+    def rescale(self, mode: str) -> None:
+        for e in self.edges:
+            e.rescale(mode)
+
+    def end_arch_step(self) -> None:
+        for e in self.edges:
+            e.end_arch_step()
+
+    def probs(self) -> list[list[float]]:
+        return [e.probs().detach().cpu().tolist() for e in self.edges]
+
+    def chosen(self) -> list[str]:
+        return [e.names[int(e.alpha.detach().argmax())] for e in self.edges]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_conv(x)
+        for block in self.blocks:
+            x = block(x)
+        if self.feature_mix_layer is not None:
+            x = self.feature_mix_layer(x)
+        x = self.global_avg_pool(x)
+        return self.classifier(torch.flatten(x, 1))
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export_arch(self, choices: Sequence[int] | None = None) -> dict[str, Any]:
+        """The net config (official JSON format) of the argmax path (or of ``choices``)."""
+        if choices is None:
+            choices = [int(e.alpha.detach().argmax()) for e in self.edges]
+        return arch_config(self.space, self.edge_info, choices, self.num_classes, self.dropout)
+
+
+def _out_side(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def _conv_layer(c_in: int, c_out: int, kernel: int, stride: int) -> dict[str, Any]:
+    return {
+        "name": "ConvLayer",
+        "kernel_size": kernel,
+        "stride": stride,
+        "dilation": 1,
+        "groups": 1,
+        "bias": False,
+        "has_shuffle": False,
+        "in_channels": c_in,
+        "out_channels": c_out,
+        "use_bn": True,
+        "act_func": "relu6",
+        "dropout_rate": 0,
+        "ops_order": "weight_bn_act",
+    }
+
+
+def arch_config(
+    space: SearchSpace,
+    edge_info: Sequence[Mapping[str, Any]],
+    choices: Sequence[int],
+    num_classes: int,
+    dropout: float = 0.0,
+) -> dict[str, Any]:
+    """Net config of one path through the space, in the official ``proxyless_*.config`` format."""
+    blocks = [
+        {
+            "name": "MobileInvertedResidualBlock",
+            "mobile_inverted_conv": {
+                "name": "MBInvertedConvLayer",
+                "in_channels": space.first_conv,
+                "out_channels": space.first_block,
+                "kernel_size": 3,
+                "stride": 1,
+                "expand_ratio": 1,
+            },
+            "shortcut": None,
+        }
+    ]
+    for info, choice in zip(edge_info, choices, strict=True):
+        name = info["names"][choice]
+        shortcut = identity_config(info["in"]) if info["residual"] else None
+        if name == ZERO:
+            op = {"name": "ZeroLayer", "stride": info["stride"]}
+        else:
+            kernel, expand = parse_op(name)
+            op = {
+                "name": "MBInvertedConvLayer",
+                "in_channels": info["in"],
+                "out_channels": info["out"],
+                "kernel_size": kernel,
+                "stride": info["stride"],
+                "expand_ratio": expand,
+            }
+        blocks.append(
+            {
+                "name": "MobileInvertedResidualBlock",
+                "mobile_inverted_conv": op,
+                "shortcut": shortcut,
+            }
+        )
+    last = space.widths[-1]
+    features = space.feature_mix or last
+    return {
+        "name": "ProxylessNASNets",
+        "bn": space.bn,
+        "first_conv": _conv_layer(3, space.first_conv, 3, 2),
+        "blocks": blocks,
+        "feature_mix_layer": _conv_layer(last, space.feature_mix, 1, 1)
+        if space.feature_mix
+        else None,
+        "classifier": {
+            "name": "LinearLayer",
+            "in_features": features,
+            "out_features": num_classes,
+            "bias": True,
+            "use_bn": False,
+            "act_func": None,
+            "dropout_rate": dropout,
+            "ops_order": "weight_bn_act",
+        },
+    }
