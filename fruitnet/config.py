@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,15 @@ def run_entry(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     quiet_third_party()
     try:
         return run(cfg)
+    except SIGTERMException as stop:
+        # Lightning stops on SIGTERM with SystemExit() = status 0 once the exception checkpoint is
+        # saved; a run that did not finish must not look successful to a shell or a scheduler.
+        log.error(
+            "fruitnet: stopped by SIGTERM before the run finished; resume with ckpt_path=last "
+            "hydra.run.dir=%s",
+            cfg.get("paths", {}).get("output_dir"),
+        )
+        raise SystemExit(128 + signal.SIGTERM) from stop
     except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or _is_multirun():
             log.error("fruitnet: %s", err)

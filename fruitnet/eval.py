@@ -356,6 +356,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         # What training started from; the weights evaluated here are the checkpoint's.
         "pretrained": hp.get("pretrained"),
+        "arch": hp.get("arch_path"),
         "weights_source": str(cfg.ckpt_path),
         "params": total,
         "trainable_params": trainable,

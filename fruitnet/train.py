@@ -9,7 +9,6 @@ checkpoint; write results.json into the run directory.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelSummary
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from fruitnet.callbacks import ModelSizeCallback, RNGStateCheckpoint, TrainThroughput
@@ -247,17 +245,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run_entry(run, cfg)
-    except SIGTERMException as stop:
-        # Lightning stops on SIGTERM with SystemExit() = status 0 once OnExceptionCheckpoint has
-        # saved; a run that did not finish must not look successful to a shell or a scheduler.
-        log.error(
-            "fruitnet: stopped by SIGTERM before the run finished; resume with ckpt_path=last "
-            "hydra.run.dir=%s",
-            cfg.paths.output_dir,
-        )
-        raise SystemExit(128 + signal.SIGTERM) from stop
+    results = run_entry(run, cfg)
     metric = cfg.get("optimized_metric")
     return results.get(metric.replace("/", "_")) if metric else results.get("val_acc")
 

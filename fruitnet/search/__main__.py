@@ -12,7 +12,6 @@ helpers are reused). The run directory gets ``arch.json`` (official net-config f
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -181,15 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="search")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run_entry(run, cfg)
-    except SIGTERMException as stop:
-        log.error(
-            "fruitnet: stopped by SIGTERM before the search finished; resume with ckpt_path=last "
-            "hydra.run.dir=%s",
-            cfg.paths.output_dir,
-        )
-        raise SystemExit(128 + signal.SIGTERM) from stop
+    results = run_entry(run, cfg)
     return results.get("val_acc")
 
 
