@@ -40,7 +40,6 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -66,6 +65,10 @@ from fruitnet.runtime import (
     cpu_name,
     resolve_precision,
 )
+
+# The study's network is defined once, in the study's script that the end-to-end table runs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_loop import study_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "fruits-360-small"
@@ -366,20 +369,6 @@ def _e2e_str(m: dict) -> str:
 # ----------------------------------------------------------------------------- (a), (b): plain loop
 
 
-def study_model(name: str, size: int) -> nn.Module:
-    """The network as the study built it: fruitnet's basic CNN pools before its ReLU (the same
-    function, less work); the study's stages were conv, ReLU, pool."""
-    model = create_model(name, num_classes=NUM_CLASSES, input_size=size)
-    if name == "cnn":
-        layers = list(model.features.named_children())  # (conv, pool, relu) per stage
-        order = []
-        for i in range(0, len(layers), 3):
-            conv, pool, relu = layers[i : i + 3]
-            order += [conv, relu, pool]
-        model.features = nn.Sequential(OrderedDict(order))
-    return model
-
-
 def plain_loop(
     name: str,
     size: int,
@@ -403,7 +392,7 @@ def plain_loop(
     """
     torch.manual_seed(SEED)
     if study:
-        model = study_model(name, size).to(device)
+        model = study_model(name, size, NUM_CLASSES).to(device)
     else:
         model = create_model(name, num_classes=NUM_CLASSES, input_size=size).to(device)
     images, labels = random_pool(batch, size, pool=2, seed=SEED)

@@ -57,7 +57,7 @@ def test_bench_baseline_is_the_study_network():
     spec.loader.exec_module(bench)
 
     torch.manual_seed(0)
-    study = bench.study_model("cnn", 100).eval()
+    study = bench.study_model("cnn", 100, bench.NUM_CLASSES).eval()
     kinds = [type(m).__name__ for m in study.features]
     assert kinds == ["Conv2d", "ReLU", "MaxPool2d"] * 4
     ours = bench.create_model("cnn", num_classes=bench.NUM_CLASSES, input_size=100).eval()
