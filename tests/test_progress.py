@@ -28,7 +28,9 @@ def test_log_file_gets_one_line_per_epoch(tmp_path, data_dir):
     lines = LINE.findall(out)
     assert [(e, n) for e, n, *_ in lines] == [("1", "2"), ("2", "2")], out[-3000:]
     for _, _, loss, acc, rate, seconds in lines:
-        assert float(loss) > 0 and 0 <= float(acc) <= 1 and int(rate) > 0 and float(seconds) > 0
+        # An epoch of 60 tiny images can take under 0.05 s on an idle machine: it prints "0.0 s";
+        # the img/s figure is what shows that time was measured.
+        assert float(loss) > 0 and 0 <= float(acc) <= 1 and int(rate) > 0 and float(seconds) >= 0
     # No bar: neither Rich's bar characters nor tqdm's carriage-return redraws (test=false: the
     # test-metrics table draws with the same characters).
     assert "━" not in out and "\r" not in out and "it/s" not in out
