@@ -65,8 +65,10 @@ from fruitnet.runtime import configure_malloc
 print(configure_malloc(sys.argv[1], "cpu"))
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for i in range(5):
-    if i == 1:
+# Two warm-up steps: the heap can still grow once in the second (the intra-op thread pool
+# starts in the first step's sum and its allocations can land above the freed block).
+for i in range(8):
+    if i == 2:
         start = faults()
     torch.ones(16 * 2**20).sum()
 print(faults() - start)
@@ -86,8 +88,8 @@ def test_malloc_reuse_stops_the_page_faults_of_big_tensors():
         assert proc.returncode == 0, proc.stderr
         applied, faults = proc.stdout.split()
         out[mode] = (applied == "True", int(faults))
-    # 4 x 64 MiB of fresh pages is 65,536 faults of 4 KiB; reused memory faults almost never.
-    assert out["system"][0] is False and out["system"][1] > 30_000, out
+    # 6 x 64 MiB of fresh pages is 98,304 faults of 4 KiB; reused memory faults almost never.
+    assert out["system"][0] is False and out["system"][1] > 50_000, out
     assert out["reuse"][0] is True and out["reuse"][1] < 2_000, out
 
 
