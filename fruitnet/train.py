@@ -143,10 +143,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"optimizer.lr must be a number >= 0, got {lr!r} (e.g. optimizer.lr=1e-3)")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and/or test as configured; returns the results written to results.json."""
+def start_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Checks shared by train and search, before any data is read: the config, the checkpoint to
+    resume (``ckpt_path``), the seed. Returns the run directory and the resolved checkpoint."""
     check_config(cfg)
-    started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     # Resolved first, so a missing checkpoint fails before the dataset is scanned. In a multirun the
     # sibling folders are other jobs with other configs: only this job's own folder counts.
@@ -155,6 +155,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
+    return output_dir, ckpt_path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and/or test as configured; returns the results written to results.json."""
+    started = time.perf_counter()
+    output_dir, ckpt_path = start_run(cfg)
 
     dm = hydra.utils.instantiate(cfg.data)
     # The model needs num_classes and input_size before Lightning would call these itself.

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -25,12 +24,12 @@ from torch.utils.data import DataLoader
 from fruitnet.callbacks import RNGStateCheckpoint
 from fruitnet.config import CONFIG_PATH, instantiate_group, run_entry, to_primitive
 from fruitnet.data.datamodule import BatchedDataset, EpochSampler, collate_batch
-from fruitnet.runtime import device_name, resolve_ckpt_path, uses_cuda
+from fruitnet.runtime import device_name, uses_cuda
 from fruitnet.search.latency import build_latency_table, calibrate, check_target
 from fruitnet.search.module import SearchModule
 from fruitnet.search.report import write_outputs
 from fruitnet.search.supernet import SearchConfigError, SearchSpace, SuperNet
-from fruitnet.train import _find, _is_multirun, build_trainer, check_config, hydra_choices
+from fruitnet.train import _find, build_trainer, hydra_choices, start_run
 
 log = logging.getLogger("fruitnet.search")
 
@@ -61,14 +60,8 @@ def arch_loader(dm: Any, seed: int) -> DataLoader:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    check_config(cfg)
     started = time.perf_counter()
-    output_dir = Path(cfg.paths.output_dir)
-    runs_dir = None if _is_multirun() else output_dir.parent
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_dir)
-    if ckpt_path:
-        log.info("resuming the search from %s", ckpt_path)
-    L.seed_everything(cfg.seed, workers=True)
+    output_dir, ckpt_path = start_run(cfg)
     search_cfg = to_primitive(cfg.search)
     space = SearchSpace.from_config(search_cfg)  # bad op names etc. fail here, before the data
 
