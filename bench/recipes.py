@@ -12,8 +12,9 @@ it with the whole budget as the cap, because Lightning's Timer is restored from 
 keeps counting (so both stages together get exactly the budget). The study and best runs of a seed
 alternate, so a slow phase of this shared machine hits both alike.
 
-It writes bench/RECIPES.md (the command, the tables, the history of the tuning) and the training
-curves bench/recipes/<comparison>.png through `fruitnet.report.write_curves`. Nothing is
+It writes bench/RECIPES.md (the command, the tables, the history of the tuning) and, as run
+outputs that git ignores, the training curves bench/recipes/<comparison>.png (through
+`fruitnet.report.write_curves`) and the per-seed numbers bench/recipes/results.json. Nothing is
 asserted: where `best_*` does not win, the file says so.
 """
 
@@ -166,8 +167,9 @@ COMPARISONS = [
         Recipe("best_resnet50", (("best_resnet50", 20),), (*PRETRAINED_AUTO, *ONE_EPOCH)),
         budget_s=30,
         note=(
-            "30 s only (CPU time): a ResNet-50 step takes seconds on 2 cores, so from random init both recipes stay at "
-            "chance level; the ImageNet weights (or a GPU) are what these recipes need"
+            "30 s only (CPU time): a ResNet-50 step takes seconds on 2 cores, so from random "
+            "init both recipes stay at chance level; the ImageNet weights (or a GPU) are what "
+            "these recipes need"
         ),
         default=False,
     ),
@@ -180,8 +182,9 @@ COMPARISONS = [
         Recipe("best_proxyless", (("best_proxyless", 20),), (*PRETRAINED_AUTO, *ONE_EPOCH)),
         budget_s=30,
         note=(
-            "30 s only (CPU time): a ProxylessNAS step at 224 px takes seconds, so from random init both recipes stay at "
-            "chance level; the ImageNet weights (or a GPU) are what these recipes need"
+            "30 s only (CPU time): a ProxylessNAS step at 224 px takes seconds, so from random "
+            "init both recipes stay at chance level; the ImageNet weights (or a GPU) are what "
+            "these recipes need"
         ),
         default=False,
     ),
@@ -227,14 +230,15 @@ What was learnt and kept:
   the same 75 s bought the study 24-25 epochs and best_cnn 17-19.
 - **Augmentation costs accuracy when a run sees only 3-6 epochs**: augment=none was ahead of
   augment=basic by 18.4 points (6 epochs), and flips + affine without colour jitter did not help
-  either (31.0 %, 3 epochs). Kept: a second recipe, `best_cnn_budget` (best_cnn + onecycle_time + augment=none) for time caps of a few
-  epochs, measured in fruits_cnn_budget against the same study runs: on the idle machine it
-  led best_cnn by 2.6 points on fruits-360-small (95.35 against 92.72 %, 21-22 epochs against
-  17-19: the augmentation also costs time per epoch) and by 18 points on chest_xray-small, where
-  best_cnn's augmented 30 s runs called almost everything NORMAL on two seeds (sensitivity 0 and
-  13 %) while ranking the images well (AUROC 0.89). `best_cnn` keeps its augmentation for its 40
-  epochs on the full set, where the study's gap between validation and test (other frames of the
-  same fruit) is what it is for; this machine cannot measure that.
+  either (31.0 %, 3 epochs). Kept: a second recipe, `best_cnn_budget` (best_cnn + onecycle_time +
+  augment=none) for time caps of a few epochs, measured in fruits_cnn_budget against the same
+  study runs: on the idle machine it led best_cnn by 2.6 points on fruits-360-small (95.35 against
+  92.72 %, 21-22 epochs against 17-19: the augmentation also costs time per epoch) and by 18
+  points on chest_xray-small, where best_cnn's augmented 30 s runs called almost everything NORMAL
+  on two seeds (sensitivity 0 and 13 %) while ranking the images well (AUROC 0.89). `best_cnn`
+  keeps its augmentation for its 40 epochs on the full set, where the study's gap between
+  validation and test (other frames of the same fruit) is what it is for; this machine cannot
+  measure that.
 - Found on the way: Lightning 2.6 refreshes `last.ckpt` only when val/acc improves, so the
   study's stage 2 resumed from an older epoch than stage 1's last; `fruitnet.callbacks.
   ModelCheckpoint` now writes it at every epoch end (test: tests/test_recipes.py).
@@ -532,7 +536,8 @@ def render(
             )
             + ".",
             "",
-            f"![training curves of {comp.key}](recipes/{comp.key}.png)",
+            # A run output: written by this command, not tracked in the repository
+            f"Training curves: `bench/recipes/{comp.key}.png` (written by the command above).",
             "",
         ]
     skipped = [c for c in COMPARISONS if c.key not in {d.key for d in comps}]

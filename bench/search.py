@@ -333,7 +333,8 @@ def write_report(args, rows, searches, targets, span, commands, total_min, work)
         lines += [
             f"Target {s['target_latency_ms']:g} ms:",
             "",
-            f"![edge probabilities]({name})",
+            # A run output: written by this command, not tracked in the repository
+            f"`bench/{name}` (written by the command below).",
             "",
         ]
     lines += ["## Commands", "", "Run in this order (each in its own process):", "", "```"]
