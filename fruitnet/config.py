@@ -1,4 +1,5 @@
-"""Where the Hydra configs are, and helpers to turn config nodes into objects."""
+"""Where the Hydra configs are, what Hydra's runtime says about the run, config nodes turned into
+objects, and the wrapper every entry point runs in."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +32,18 @@ CONFIG_MODULE = "fruitnet.conf"
 def to_primitive(node: Any) -> Any:
     """DictConfig/ListConfig -> plain dict/list (resolved), so nothing OmegaConf-typed is pickled."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def hydra_choices() -> tuple[dict[str, Any], list[str]]:
+    """Chosen group options and command-line overrides (empty when composed without Hydra's app)."""
+    if not HydraConfig.initialized():
+        return {}, []
+    hydra_cfg = HydraConfig.get()
+    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -68,7 +83,7 @@ def run_entry(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         )
         raise SystemExit(128 + signal.SIGTERM) from stop
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _is_multirun():
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or is_multirun():
             log.error("fruitnet: %s", err)
             raise
         log.error("fruitnet: %s", error_line(err))
@@ -92,10 +107,3 @@ def error_line(err: BaseException) -> str:
     if not isinstance(err, _USER_ERRORS):
         message += " (HYDRA_FULL_ERROR=1 shows the traceback)"
     return message
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

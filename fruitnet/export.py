@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -35,11 +34,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 import fruitnet
+from fruitnet.checkpoints import class_names_of, load_classifier
 from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.transforms import BatchTransform
+from fruitnet.files import file_mib, write_json
 from fruitnet.module import ClassifierModule
-from fruitnet.predict import class_names_of, load_classifier
-from fruitnet.results import file_mib, write_json
+from fruitnet.timing import median_ms
 
 log = logging.getLogger("fruitnet.export")
 
@@ -232,17 +232,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- checks
 
 
-def median_ms(fn: Callable[[], Any], iters: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
 def verify(model: ExportModel, runner: Callable, size: int, atol: float) -> dict[str, float]:
     """Max |difference| of logits and probs, on a batch size other than the traced one."""
     x = example_input(size, batch=3, seed=1)
@@ -277,8 +266,10 @@ def check_export(
     one = example_input(size, batch=1, seed=2)
     reference = pytorch_reference(module)
     with torch.inference_mode():
-        record["latency_ms_b1_pytorch"] = median_ms(lambda: reference(one), iters)
-    record["latency_ms_b1_exported"] = median_ms(lambda: runner(one.numpy()), iters)
+        record["latency_ms_b1_pytorch"] = median_ms(lambda: reference(one), warmup=5, repeats=iters)
+    record["latency_ms_b1_exported"] = median_ms(
+        lambda: runner(one.numpy()), warmup=5, repeats=iters
+    )
     record["runtime"] = "onnxruntime" if fmt == "onnx" else fmt
     record["threads"] = torch.get_num_threads()
     log.info(

@@ -26,11 +26,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from fruitnet.checkpoints import class_names_of, load_classifier
 from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
 from fruitnet.data.transforms import BatchTransform, image_spec
 from fruitnet.module import ClassifierModule
-from fruitnet.runtime import CheckpointError, load_checkpoint
 
 log = logging.getLogger("fruitnet.predict")
 
@@ -39,47 +39,6 @@ OUTPUT_SUFFIXES = (".csv", ".json")
 
 class PredictInputError(ValueError):
     """An input path that is missing or not a readable image; the message names it."""
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def classifier_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> ClassifierModule:
-    """A ClassifierModule rebuilt from a checkpoint dict (see `load_classifier`), in eval mode."""
-    hparams = ckpt.get("hyper_parameters")
-    state = ckpt.get("state_dict")
-    if not isinstance(hparams, dict) or not isinstance(state, dict):
-        raise CheckpointError(
-            f"{path} is not a fruitnet checkpoint (no 'hyper_parameters'/'state_dict'; "
-            f"keys: {sorted(ckpt)[:8]})"
-        )
-    # No pretrained download and no weights file: the state_dict below overwrites every weight.
-    # compile=False: inference and export want the plain network.
-    hparams = {**hparams, "pretrained": False, "weights": None, "compile": False}
-    try:
-        module = ClassifierModule(**hparams)
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"cannot rebuild the model of {path}: {err}") from err
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
-    if not module.hparams.get("preprocess"):
-        raise CheckpointError(f"{path} has no hparams.preprocess; cannot know its input pipeline")
-    return module.eval()
-
-
-def load_classifier(path: str | Path) -> ClassifierModule:
-    """Checkpoint file -> ClassifierModule (weights_only=True load; errors name the file)."""
-    return classifier_from_checkpoint(load_checkpoint(path), path)
-
-
-def class_names_of(module: ClassifierModule) -> list[str]:
-    names = module.hparams.get("class_names")
-    if names:
-        return list(names)
-    log.warning("checkpoint has no class_names; naming classes by index")
-    return [str(i) for i in range(int(module.hparams.num_classes))]
 
 
 # --------------------------------------------------------------------------- inputs

@@ -1,4 +1,4 @@
-"""Run-time choices that depend on the machine: precision, device name, safe checkpoint files."""
+"""Run-time choices that depend on the machine: precision, the host allocator, the device name."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +20,6 @@ MALLOC_MODES = ("auto", "reuse", "system")
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read or written; the message names the file."""
 
 
 def cpu_flags() -> set[str]:
@@ -106,118 +100,3 @@ def device_name(accelerator: str | None = "auto") -> str:
     if uses_cuda(accelerator) and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name()}"
     return f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, then renames it into place.
-
-    Lightning writes the final path directly, so a full disk or a kill mid-write would leave a
-    truncated `last.ckpt` where the previous good one was. A failed write here raises
-    CheckpointError naming the path and leaves the previous file untouched.
-    """
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(
-                f"could not write checkpoint {path}: {err.strerror or err}. "
-                "The previous checkpoint (if any) is intact; free disk space or make the run "
-                "directory writable, then resume with ckpt_path=last."
-            ) from err
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return load_checkpoint(path, map_location=map_location or "cpu")
-
-
-class OnExceptionCheckpoint(Checkpoint):
-    """Saves a full checkpoint (``dirpath/filename.ckpt``) when the run is interrupted: Ctrl-C,
-    SIGTERM, an exception. A finished run removes it; ``ckpt_path=last`` resumes from it.
-
-    Lightning's own `OnExceptionCheckpoint` does the same, but its presence also turns every
-    ``trainer.fit(ckpt_path=None)`` into ``ckpt_path="last"``: a fresh run warned "was called
-    without a model" and would silently resume whatever an earlier run left in a reused run
-    directory. fruitnet decides what to resume (`resolve_ckpt_path`), so this one is a plain
-    `Checkpoint`. It also gives `Trainer.save_checkpoint` its ``weights_only`` flag (False: save
-    optimizer, loops and callbacks too, the checkpoint is a resume point; that flag chooses what
-    to save, nothing is loaded), which Lightning's leaves unset and then logs about.
-    """
-
-    FILE_EXTENSION = ".ckpt"
-
-    def __init__(self, dirpath: str | os.PathLike, filename: str = "on_exception") -> None:
-        super().__init__()
-        if not filename:
-            raise ValueError("The filename cannot be empty")
-        self.dirpath = dirpath
-        self.filename = filename
-
-    @property
-    def ckpt_path(self) -> str:
-        return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
-
-    def on_exception(self, trainer, *args: Any, **kwargs: Any) -> None:
-        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-
-    def teardown(self, trainer, *args: Any, **kwargs: Any) -> None:
-        trainer.strategy.remove_checkpoint(self.ckpt_path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """torch.load with weights_only=True: pickled code in an untrusted file is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = (
-                "it contains pickled Python objects, which fruitnet refuses to execute "
-                f"(weights_only=True): {reason}"
-            )
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} is not a checkpoint (a {type(ckpt).__name__}, not a dict)")
-    return ckpt
-
-
-def newest_checkpoint(directory: Path) -> Path | None:
-    files = [p for p in Path(directory).glob("*.ckpt") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path, runs_dir: Path | None) -> str | None:
-    """`ckpt_path=last`: newest checkpoint of this run dir, else (when runs_dir is given) of the
-    newest earlier run under runs_dir."""
-    if ckpt_path in (None, ""):
-        return None
-    if ckpt_path != "last":
-        load_checkpoint(ckpt_path)  # fail early, naming the file
-        return str(ckpt_path)
-    own = newest_checkpoint(Path(output_dir) / "checkpoints")
-    if own is not None:
-        return str(own)
-    if runs_dir is None:
-        raise CheckpointError(
-            f"ckpt_path=last: no checkpoint in {Path(output_dir) / 'checkpoints'}"
-        )
-    candidates = [
-        c
-        for d in Path(runs_dir).glob("*/checkpoints")
-        if d.parent != Path(output_dir) and (c := newest_checkpoint(d)) is not None
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"ckpt_path=last: no checkpoint in {Path(output_dir) / 'checkpoints'} "
-            f"nor in any run under {runs_dir}"
-        )
-    return str(max(candidates, key=lambda p: p.stat().st_mtime_ns))

@@ -31,6 +31,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from PIL import Image
 
 from fruitnet.callbacks import NonFiniteLossError
+from fruitnet.checkpoints import CheckpointError, load_checkpoint
 from fruitnet.data import (
     ClassMismatchError,
     CorruptImageError,
@@ -44,7 +45,6 @@ from fruitnet.data import (
 )
 from fruitnet.models import WeightsFileError
 from fruitnet.module import ClassifierModule
-from fruitnet.runtime import CheckpointError, load_checkpoint
 
 # 3 classes at 32 px: ~114 images, generated once per session into the shared data_dir.
 TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
@@ -554,7 +554,7 @@ def test_failed_checkpoint_write_is_clear_and_keeps_the_previous_one(
         train(overrides, tmp_path, tiny_data)
     monkeypatch.undo()
 
-    # The failed periodic save (and OnExceptionCheckpoint's attempt after it) name their file.
+    # The failed periodic save (and InterruptCheckpoint's attempt after it) name their file.
     ckpt_dir = tmp_path / "checkpoints"
     messages = [str(e) for e in _chain(info.value) if isinstance(e, CheckpointError)]
     assert messages and all("could not write checkpoint" in m for m in messages), messages

@@ -185,7 +185,7 @@ def test_changed_key_file_list_or_touched_file_rebuilds(tree, cache_dir, tmp_pat
 def test_leftover_temp_file_is_ignored_and_removed(tree, cache_dir, tmp_path):
     digest = cache_digest(tree, "k")
     cache_dir.mkdir(parents=True)
-    leftover = cache_dir / f".{digest}.npy.tmp-99999-deadbeef"
+    leftover = cache_dir / f".{digest}.npy.99999.tmp"  # atomic_path's temp name
     leftover.write_bytes(b"\x93NUMPY half-written garbage")
     dec = CountingDecode(tmp_path / "calls.log")
     cache = DecodedImageCache(tree, dec, cache_dir=cache_dir, key="k")
@@ -271,12 +271,12 @@ def test_killed_build_leaves_no_trusted_cache(tree, cache_dir, tmp_path):
         proc.wait(timeout=30)
     digest = cache_digest(tree, "race")
     assert not (cache_dir / f"{digest}.npy").exists()
-    assert list(cache_dir.glob(f".{digest}.npy.tmp-*")), "expected the killed build's temp file"
+    assert list(cache_dir.glob(f".{digest}.npy.*")), "expected the killed build's temp file"
 
     cache = DecodedImageCache(tree, simple_decode, cache_dir=cache_dir, key="race")
     assert not cache.is_built()
     _assert_identical(cache, simple_decode)
-    assert not list(cache_dir.glob(f".{digest}.npy.tmp-*"))
+    assert not list(cache_dir.glob(f".{digest}.npy.*"))
 
 
 def test_two_processes_racing_decode_once(tree, cache_dir, tmp_path):

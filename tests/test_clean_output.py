@@ -16,8 +16,8 @@ from hydra.errors import InstantiationException
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
+from fruitnet.callbacks.progress import CompactRichProgressBar, _no_wrap
 from fruitnet.config import error_line
-from fruitnet.console import CompactRichProgressBar, _no_wrap
 
 # 10 classes x 30 images at 32 px, batch 16: 17 steps an epoch (more than log_every_n_steps, so
 # Lightning has nothing to say about the logging interval), a few seconds on two cores.
@@ -198,8 +198,8 @@ def test_model_summary_null_means_no_summary(tmp_path):
     """Lightning adds its own summary (FLOPs 0 and all) when the config drops fruitnet's."""
     from lightning.pytorch.callbacks import ModelSummary
 
+    from fruitnet.assemble import build_trainer
     from fruitnet.config import instantiate_group
-    from fruitnet.train import build_trainer
 
     for drop, expected in (([], True), (["callbacks.model_summary=null"], False)):
         cfg = compose_cfg(["trainer=cpu", *drop], tmp_path)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import fruitnet.data.datamodule as dm_mod
+import fruitnet.data.host as host_mod
+import fruitnet.data.stats as stats_mod
 from fruitnet.data import (
     BatchTransform,
     ClassMismatchError,
@@ -30,6 +31,7 @@ from fruitnet.data import (
     scan_dataset,
     stratified_split,
 )
+from fruitnet.data.loading import EpochSampler, ImageListDataset
 from fruitnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 200, 40), (150, 40, 160)]
@@ -482,13 +484,13 @@ def test_channels_last_and_bad_input():
 def test_dataset_stats_cached_and_reused(tmp_path, monkeypatch):
     root = fruits_tree(tmp_path / "f", size=(20, 20))
     calls = []
-    real = dm_mod.compute_dataset_stats
+    real = stats_mod.compute_dataset_stats
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dm_mod, "compute_dataset_stats", counting)
+    monkeypatch.setattr(stats_mod, "compute_dataset_stats", counting)
     kw = dict(root=root, image_size=16, stats="dataset", cache_dir=tmp_path / "cache", batch_size=4)
     first = ImageFolderDataModule(**kw)
     first.setup()
@@ -597,7 +599,7 @@ def test_cache_auto_on_when_it_fits_off_when_not(tmp_path, monkeypatch, caplog):
     assert torch.equal(plain.train_set.take(range(len(plain.train_set)))[0],
                        auto.train_set.take(range(len(auto.train_set)))[0])  # fmt: skip
 
-    monkeypatch.setattr(dm_mod, "available_ram", lambda: 1000)  # 1 kB of RAM: does not fit
+    monkeypatch.setattr(host_mod, "available_ram", lambda: 1000)  # 1 kB of RAM: does not fit
     small = ImageFolderDataModule(**kw, cache="auto", cache_dir=tmp_path / "cache2")
     small.setup()
     assert not small.cache and small.train_set.cache is None
@@ -647,7 +649,7 @@ def test_batched_loaders_equal_item_by_item_collate(tmp_path, mode):
     for split in ("train", "val", "test"):
         loader = getattr(dm, f"{split}_dataloader")()
         items = getattr(ref, f"{split}_set")
-        order = list(dm_mod.EpochSampler(len(items), 3)) if split == "train" else None
+        order = list(EpochSampler(len(items), 3)) if split == "train" else None
         expected = DataLoader(
             items, batch_size=loader.batch_size, sampler=order, drop_last=loader.drop_last
         )
@@ -678,12 +680,12 @@ def test_on_device_refuses_a_split_larger_than_half_the_free_gpu_memory(tmp_path
 
 def test_dataset_from_tensors_and_preload_roundtrip():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    ds = dm_mod.ImageListDataset.from_tensors(images, [0, 1, 2, 0, 1, 2])
+    ds = ImageListDataset.from_tensors(images, [0, 1, 2, 0, 1, 2])
     x, y = ds.take([5, 0, 5])
     assert torch.equal(x, images[[5, 0, 5]]) and y.tolist() == [2, 0, 2]
     assert ds[1][1] == 1 and torch.equal(ds[1][0], images[1]) and ds.nbytes == images.numel()
     with pytest.raises(ValueError, match="uint8"):
-        dm_mod.ImageListDataset.from_tensors(images.float(), [0] * 6)
+        ImageListDataset.from_tensors(images.float(), [0] * 6)
 
 
 def test_invalid_arguments():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import read_results, train
 
-from fruitnet.runtime import load_checkpoint
+from fruitnet.checkpoints import load_checkpoint
 
 TINY = [
     "data.num_classes=3",

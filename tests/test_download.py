@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from fruitnet.data import download as dl
-from fruitnet.data.download import UnsafeArchiveError, find_data_root, main, safe_extract
+from fruitnet.data.download import main
+from fruitnet.data.extract import UnsafeArchiveError, safe_extract
+from fruitnet.data.layout import find_data_root, verify_data_root
 
 SECRET = "fake-kaggle-key-0123456789abcdef"
 
@@ -98,6 +100,22 @@ def test_offline_exits_2_with_manual_instructions(tmp_path, capsys):
     assert "Training/ and Test/" in text
     assert "data.root=" in text and "--from-archive" in text
     assert not dest.exists()  # nothing half-made
+
+
+@pytest.mark.parametrize("value", ["true", "1", "yes"])
+def test_offline_switch_blocks_the_download(monkeypatch, tmp_path, capsys, value):
+    monkeypatch.setenv("FRUITNET_OFFLINE", value)
+
+    def probe(timeout):
+        raise AssertionError("offline: the network must not even be probed")
+
+    monkeypatch.setattr(dl, "_check_connectivity", probe)
+    dest = tmp_path / "fruits"
+    assert main(["fruits", "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "offline mode (FRUITNET_OFFLINE is set)" in err
+    assert "--from-archive" in err
+    assert not dest.exists()
 
 
 def test_offline_chest_message(tmp_path, capsys):
@@ -328,7 +346,7 @@ def test_good_zip_with_nested_chest_and_macosx(tmp_path):
     assert not (dest / "__MACOSX").exists()
     assert not list(dest.rglob("._*"))
     assert find_data_root(dest, "chest_xray") == dest / "chest_xray"
-    report = dl.verify_data_root(dest / "chest_xray", "chest_xray")
+    report = verify_data_root(dest / "chest_xray", "chest_xray")
     assert report == {
         "train": {"classes": 2, "images": 4},
         "test": {"classes": 2, "images": 4},
@@ -372,7 +390,7 @@ def test_shared_samples_are_valid_roots(shared_data):
     assert find_data_root(shared_data / "chest_xray-sample", "chest_xray") == (
         shared_data / "chest_xray-sample"
     )
-    report = dl.verify_data_root(shared_data / "fruits-360-sample", "fruits")
+    report = verify_data_root(shared_data / "fruits-360-sample", "fruits")
     assert report["Training"] == {"classes": 95, "images": 1140}
 
 

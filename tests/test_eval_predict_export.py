@@ -17,14 +17,14 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from fruitnet import plots
+from fruitnet.checkpoints import CheckpointError, load_classifier
 from fruitnet.data import SyntheticDataModule
-from fruitnet.eval import ClassNamesError
 from fruitnet.eval import run as run_eval
+from fruitnet.eval_data import ClassNamesError
 from fruitnet.export import load_exported, output_path, read_metadata
 from fruitnet.export import run as run_export
-from fruitnet.predict import PredictInputError, Predictor, load_classifier
+from fruitnet.predict import PredictInputError, Predictor
 from fruitnet.predict import run as run_predict
-from fruitnet.runtime import CheckpointError
 
 # The synthetic set of the training run; eval must see the same one.
 SYNTHETIC = ["data=synthetic", "data.train_per_class=20", "data.test_per_class=8"]

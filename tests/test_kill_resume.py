@@ -3,7 +3,7 @@
 - SIGKILL mid-epoch (no chance to save anything): `ckpt_path=last` resumes from the last periodic
   checkpoint, and with `trainer.deterministic=true` ends with the same metrics and the same
   weights as an uninterrupted run of the same config.
-- SIGTERM / Ctrl-C (SIGINT): Lightning's signal handling plus `OnExceptionCheckpoint` save a
+- SIGTERM / Ctrl-C (SIGINT): Lightning's signal handling plus `InterruptCheckpoint` save a
   checkpoint before the process exits, and the run resumes from it.
 
 Tiny synthetic data (3 classes, 32 px) so one run takes seconds. The uninterrupted baseline and
@@ -24,8 +24,8 @@ import pytest
 import torch
 from helpers import REPO, read_results
 
+from fruitnet.checkpoints import load_checkpoint, newest_checkpoint
 from fruitnet.data import generate_synthetic_fruits
-from fruitnet.runtime import load_checkpoint, newest_checkpoint
 
 # 3 classes x 30 training images, 10 % carved for val -> 81 training images; batch 4 with
 # drop_last -> 20 steps per epoch; a periodic checkpoint every 3 steps, so none falls on an epoch

@@ -14,12 +14,15 @@ import torch
 from torchvision.models import ResNet50_Weights
 
 from fruitnet.models import (
+    ModelSpec,
     UnknownModelError,
     WeightsFileError,
     WeightsUnavailableError,
     create_model,
     get_model_spec,
     list_models,
+    register_model,
+    registry,
 )
 from fruitnet.models.profile import count_params, flops, fp32_mib, latency_ms, state_dict_mib
 from fruitnet.models.weights import (
@@ -78,6 +81,37 @@ def test_registry_lists_three_models_with_specs():
     assert get_model_spec("cnn").weights_url is None
     assert get_model_spec("proxyless").weights_url == PROXYLESS_GPU.url
     assert get_model_spec("resnet50").weights_url == ResNet50_Weights.IMAGENET1K_V2.url
+
+
+def test_each_model_registers_next_to_its_code():
+    modules = {n: get_model_spec(n).builder.__module__ for n in list_models()}
+    assert modules == {
+        "cnn": "fruitnet.models.cnn",
+        "proxyless": "fruitnet.models.proxyless",
+        "resnet50": "fruitnet.models.resnet",
+    }
+
+
+def test_register_model_as_decorator_and_as_call(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model(name="tiny", input_size=8, description="a test model")
+    def tiny(*, num_classes: int, input_size: int = 8, hidden: int = 4) -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(3 * input_size**2, hidden),
+            torch.nn.Linear(hidden, num_classes),
+        )
+
+    assert callable(tiny) and get_model_spec("tiny").builder is tiny
+    assert get_model_spec("tiny").mean == (0.485, 0.456, 0.406)
+    assert create_model("tiny", num_classes=2, hidden=5)(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
+    spec = register_model(ModelSpec(name="Tiny2", builder=tiny, input_size=8))
+    assert get_model_spec("tiny2") is spec and "tiny2" in list_models()
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(spec)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(name="tiny", input_size=8)(tiny)
 
 
 def test_unknown_model_names_valid_ones():
@@ -367,6 +401,40 @@ def fake_download(payload: bytes | None):
         Path(dst).write_bytes(payload)
 
     return download
+
+
+def recording_download(calls: list[str]):
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append(url)
+        raise OSError("no network in tests")
+
+    return download
+
+
+@pytest.mark.parametrize("value", ["true", "1", "yes", "TRUE", " Yes "])
+def test_offline_words_block_the_weights_download(monkeypatch, value):
+    # The dataset downloader reads the same switch (fruitnet.settings.is_offline): "true" and
+    # "yes" must not let a weights download through.
+    calls: list[str] = []
+    monkeypatch.setenv("FRUITNET_OFFLINE", value)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", recording_download(calls))
+    with pytest.raises(WeightsUnavailableError, match="FRUITNET_OFFLINE is set") as info:
+        create_model("proxyless", num_classes=3, pretrained=True)
+    assert calls == []
+    assert "model.weights=PATH" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["0", "", None])
+def test_not_offline_tries_the_download(monkeypatch, value):
+    calls: list[str] = []
+    if value is None:
+        monkeypatch.delenv("FRUITNET_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("FRUITNET_OFFLINE", value)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", recording_download(calls))
+    with pytest.raises(WeightsUnavailableError, match="no network in tests"):
+        create_model("proxyless", num_classes=3, pretrained=True)
+    assert calls == [PROXYLESS_GPU.url]
 
 
 def test_download_failure_is_weights_unavailable(monkeypatch):

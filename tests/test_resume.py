@@ -19,8 +19,8 @@ import pytest
 import torch
 from helpers import read_results, train
 
+from fruitnet.checkpoints import CheckpointError
 from fruitnet.data import generate_synthetic_fruits
-from fruitnet.runtime import CheckpointError
 
 TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 BASE = [

@@ -13,15 +13,13 @@ from helpers import FAST, REPO, compose_cfg
 from torch import nn
 
 from fruitnet.models import create_model
+from fruitnet.models.net_config import ArchConfigError, check_arch, load_arch
 from fruitnet.models.profile import count_params
 from fruitnet.models.proxyless import (
-    ArchConfigError,
     MBInvertedConvLayer,
     MobileInvertedResidualBlock,
     ProxylessNASNets,
     builtin_arch,
-    check_arch,
-    load_arch,
 )
 from fruitnet.search.latency import (
     LatencyTable,
@@ -31,13 +29,8 @@ from fruitnet.search.latency import (
     latency_loss,
     time_module,
 )
-from fruitnet.search.supernet import (
-    MixedEdge,
-    SearchConfigError,
-    SearchSpace,
-    SuperNet,
-    parse_op,
-)
+from fruitnet.search.space import SearchConfigError, SearchSpace, parse_op
+from fruitnet.search.supernet import MixedEdge, SuperNet
 
 KEYS_FILE = REPO.parent / "shared" / "docs" / "proxyless_gpu_state_dict_keys.txt"
 

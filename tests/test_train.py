@@ -180,7 +180,7 @@ def test_adam_optimizers_are_fused_as_configured(optimizer, tmp_path):
     """conf/optimizer/adam*.yaml ask for the fused kernel (a bench setting); it must reach torch."""
     from types import SimpleNamespace
 
-    from fruitnet.train import build_module
+    from fruitnet.assemble import build_module
 
     cfg = compose_cfg([f"optimizer={optimizer}", "model=cnn", "model.pretrained=false"], tmp_path)
     data = SimpleNamespace(

@@ -9,8 +9,9 @@ preprocess dict) and of every file's resolved path, size and mtime, so a changed
 touched file or a changed transform gives a new cache file instead of stale pixels.
 
 Concurrency (why it is safe):
-- The array is written to a uniquely named temp file in the cache dir and ``os.replace``d into
-  place only when complete, so a killed build never leaves a file that is later trusted.
+- The array is written to a temp file in the cache dir (`fruitnet.files.atomic_path`) and
+  renamed into place only when complete, so a killed build never leaves a file that is later
+  trusted; the next builder removes the killed one's temp file.
 - Builders serialise on an ``fcntl.flock`` lock file next to the cache. The kernel drops the
   lock when its holder dies, so there is no stale lock to clean up. Whoever gets the lock
   re-checks whether the cache appeared meanwhile, so two DataLoader workers or two DDP ranks
@@ -28,12 +29,10 @@ import contextlib
 import datetime as _dt
 import errno
 import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +45,9 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from fruitnet.files import atomic_path, write_json
+from fruitnet.settings import CACHE_ENV
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodedImageCache", "cache_digest", "default_cache_dir"]
@@ -56,7 +58,7 @@ _FORMAT_VERSION = "1"
 
 def default_cache_dir() -> Path:
     """``$FRUITNET_CACHE`` if set, else ``~/.cache/fruitnet/decoded``."""
-    env = os.environ.get("FRUITNET_CACHE")
+    env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "fruitnet" / "decoded"
@@ -233,12 +235,10 @@ class DecodedImageCache:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def _temp_prefix(self) -> str:
-        return f".{self.digest}.npy.tmp-"
-
     def _remove_stale_temps(self) -> None:
         # We hold this digest's lock, so any temp file for it is left over from a killed build.
-        for p in self.cache_dir.glob(self._temp_prefix() + "*"):
+        # `atomic_path` names it ".<name>.<pid>.tmp"; the glob also takes older "<name>.tmp-*".
+        for p in self.cache_dir.glob(f".{self.path.name}.*"):
             log.info("removing leftover temp file %s from an interrupted build", p.name)
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -269,7 +269,7 @@ class DecodedImageCache:
         if nbytes > free:
             raise OSError(
                 f"decoded-image cache needs {nbytes / 2**30:.2f} GiB in {self.cache_dir} but only "
-                f"{free / 2**30:.2f} GiB are free; set FRUITNET_CACHE to a larger disk or turn "
+                f"{free / 2**30:.2f} GiB are free; set {CACHE_ENV} to a larger disk or turn "
                 "the cache off (data.cache=false)"
             )
         log.info(
@@ -280,8 +280,7 @@ class DecodedImageCache:
             nbytes / 2**20,
             self.num_threads,
         )
-        tmp = self.cache_dir / f"{self._temp_prefix()}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_path(self.path) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
             # Reserve the blocks now: writing into a sparse map on a disk that fills up
             # kills the process with SIGBUS instead of raising.
@@ -299,11 +298,6 @@ class DecodedImageCache:
             del mm
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
         elapsed = time.monotonic() - t0
         self._write_sidecar(shape, elapsed)
         log.info(
@@ -371,14 +365,10 @@ class DecodedImageCache:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(elapsed, 3),
         }
-        tmp = self.meta_path.with_name(f".{self.meta_path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp, self.meta_path)
+            write_json(self.meta_path, meta)
         except OSError as e:
             log.warning("could not write cache sidecar %s: %s", self.meta_path, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def __repr__(self) -> str:
         return (

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms.v2 import functional as F
 
+from fruitnet.settings import has_image_extension
+
 __all__ = [
-    "IMG_EXTENSIONS",
+    "DECODE_VERSION",
     "CorruptImageError",
     "check_image",
     "is_image_file",
@@ -24,6 +25,10 @@ __all__ = [
     "resize_crop",
     "to_rgb",
 ]
+
+# Bump when load_image's output for the same file and spec changes, so caches keyed on the spec
+# (decoded images, dataset stats) are rebuilt instead of reused.
+DECODE_VERSION = "1"
 
 # Pillow refuses images above ~179 Mpx (2 x its 89 Mpx default) as decompression bombs, and warns
 # above 89 Mpx. Photos from modern cameras and scanned X-rays (8000 x 12000 = 96 Mpx) are real
@@ -66,13 +71,13 @@ class CorruptImageError(ValueError):
 
 
 def is_image_file(name: str | os.PathLike) -> bool:
-    """True for a visible file name with an image extension torchvision's ImageFolder accepts.
+    """True for a visible file name with an image extension (`fruitnet.settings.IMAGE_EXTENSIONS`).
 
     Hidden names are refused because macOS archives carry ``._photo.jpg`` AppleDouble files that
     have a .jpg name but hold resource-fork metadata.
     """
     base = os.path.basename(os.fspath(name))
-    return not base.startswith(".") and has_file_allowed_extension(base, IMG_EXTENSIONS)
+    return not base.startswith(".") and has_image_extension(base)
 
 
 def check_image(path: str | os.PathLike) -> None:

@@ -18,24 +18,28 @@ reached twice in one class it counts once (the scan line reports the duplicates 
 classes or two splits the scan stops with `DataConflictError` naming both paths. Class or split
 folders whose names differ only in case, and a copy of the dataset nested inside a class folder,
 stop the scan as well.
+
+The file walker and those checks live in `fruitnet.data.walk`, finding the layout in
+`fruitnet.data.layout`; this module lists the samples, checks every image and splits them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fruitnet.data.io import CorruptImageError, check_image, is_image_file
-
-log = logging.getLogger(__name__)
+from fruitnet.data.catalog import LAYOUTS
+from fruitnet.data.errors import ClassMismatchError, DataConflictError, DataRootError, DataWarning
+from fruitnet.data.io import CorruptImageError, check_image
+from fruitnet.data.layout import data_root_error, resolve_layout
+from fruitnet.data.walk import FileTree, check_conflicts, list_classes, warn_loops
 
 __all__ = [
     "LAYOUTS",
@@ -43,56 +47,13 @@ __all__ = [
     "DataConflictError",
     "DataRootError",
     "DataWarning",
+    "Sample",
     "ScanResult",
     "find_corrupt",
     "resolve_layout",
     "scan_dataset",
     "stratified_split",
 ]
-
-LAYOUTS = ("auto", "fruits", "split", "single")
-# Preset names accepted as layouts: same folder shape as "split", but errors name the download.
-_LAYOUT_ALIASES = {"chest_xray": "split", "chest": "split"}
-
-_SPLIT_NAMES = {
-    "fruits": {"train": ("training",), "val": ("validation",), "test": ("test",)},
-    "split": {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)},
-}
-_SPLITLIKE = {"train", "training", "val", "valid", "validation", "test", "testing"}
-_JUNK_DIRS = {"__macosx", "__pycache__", "$recycle.bin", "system volume information"}
-
-_TREES = {
-    "fruits": "{root}/\n  Training/<class name>/*.jpg\n  Test/<class name>/*.jpg",
-    "split": (
-        "{root}/\n  train/<class name>/*.jpg\n  val/<class name>/*.jpg    (optional)\n"
-        "  test/<class name>/*.jpg"
-    ),
-    "single": "{root}/\n  <class name>/*.jpg    (one folder per class, at least 2 classes)",
-}
-_DOWNLOADS = {
-    "fruits": ("python -m fruitnet.data.download fruits", "the folder holding Training/ and Test/"),
-    "chest_xray": (
-        "python -m fruitnet.data.download chest_xray",
-        "the chest_xray/ folder holding train/, val/ and test/",
-    ),
-}
-
-
-class DataRootError(ValueError):
-    """The data root is missing, empty or not in the expected layout."""
-
-
-class ClassMismatchError(ValueError):
-    """A val/test class folder has no counterpart in the training folder."""
-
-
-class DataConflictError(ValueError):
-    """One image would get two labels or two splits (links, hard links, case-variant names,
-    a nested copy of the dataset); the message names both paths."""
-
-
-class DataWarning(UserWarning):
-    """Something in the data was dropped or is unusual, but training can go on."""
 
 
 Sample = tuple[Path, int]
@@ -118,396 +79,7 @@ class ScanResult:
         return len(self.class_names)
 
 
-# --------------------------------------------------------------------------- folder helpers
-
-
-def _is_junk(name: str) -> bool:
-    return name.startswith(".") or name.lower() in _JUNK_DIRS
-
-
-def _visible_dirs(d: Path) -> list[Path]:
-    try:
-        entries = list(os.scandir(d))
-    except OSError:
-        return []
-    return sorted(Path(e.path) for e in entries if e.is_dir() and not _is_junk(e.name))
-
-
-def _direct_images(d: Path) -> list[Path]:
-    try:
-        entries = list(os.scandir(d))
-    except OSError:
-        return []
-    return [Path(e.path) for e in entries if e.is_file() and is_image_file(e.name)]
-
-
-FileId = tuple  # (st_dev, st_ino) of what a path points at; ("unreadable", path) when stat fails
-
-
-def _stat_id(path: str, entry: os.DirEntry | None = None) -> FileId:
-    """What ``path`` is on disk, links followed: hard links and symbolic links share it."""
-    try:
-        st = entry.stat() if entry is not None else os.stat(path)
-        if st.st_ino == 0:  # Windows fills st_ino only on os.stat
-            st = os.stat(path)
-    except OSError:
-        return ("unreadable", path)
-    return (st.st_dev, st.st_ino)
-
-
-@dataclass
-class _Tree:
-    """The image files below one folder, each real file once (see `_walk`)."""
-
-    files: list[Path] = field(default_factory=list)
-    ids: list[FileId] = field(default_factory=list)
-    duplicates: int = 0  # paths skipped: a file or folder reached a second time
-    loops: list[tuple[Path, Path]] = field(default_factory=list)  # (link, the folder it reaches)
-    subdirs: list[Path] = field(default_factory=list)  # every folder walked below the top
-
-
-def _walk(top: Path, *, first_only: bool = False) -> _Tree:
-    """Image files below ``top``, recursively (like ImageFolder), hidden and junk dirs pruned.
-
-    Links are followed, but a real folder is walked once: a folder reached again through another
-    link is skipped (its images counted as duplicates), and a link to ``top`` itself, to a folder
-    holding it, or to a folder being walked (a loop) is skipped and recorded in ``loops``.
-    A file reached under a second name (symbolic or hard link) is kept once. Files come out
-    sorted by path; ``first_only`` stops at the first image.
-    """
-    tree = _Tree()
-    top_id = _stat_id(str(top))
-    # A link to `top` or to a folder holding it leads back into `top`: the walk would never end.
-    enclosing = {_stat_id(str(p)) for p in Path(os.path.realpath(top)).parents} | {top_id}
-    reached: dict[FileId, int] = {}  # walked folder -> image paths reached below it
-    active: set[FileId] = set()  # the folders being walked: `top` down to the current one
-    seen: set[FileId] = set()
-    found: list[tuple[Path, FileId]] = []
-    # (folder, its id, None to enter it | the image-path count when it was entered, to leave it)
-    stack: list[tuple[Path, FileId, int | None]] = [(top, top_id, None)]
-    while stack:
-        d, did, entered = stack.pop()
-        if entered is not None:
-            active.discard(did)
-            reached[did] = len(found) + tree.duplicates - entered
-            continue
-        if d is not top:
-            if did in active or did in enclosing:
-                tree.loops.append((d, Path(os.path.realpath(d))))
-                continue
-            if did in reached:
-                tree.duplicates += reached[did]
-                continue
-            tree.subdirs.append(d)
-        active.add(did)
-        stack.append((d, did, len(found) + tree.duplicates))
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
-            continue
-        subdirs = []
-        for e in entries:
-            try:
-                is_dir = e.is_dir()  # follows links
-            except OSError:
-                is_dir = False
-            if is_dir:
-                if not _is_junk(e.name):
-                    subdirs.append((Path(e.path), _stat_id(e.path, e)))
-            elif is_image_file(e.name):
-                fid = _stat_id(e.path, e)
-                if fid in seen:
-                    tree.duplicates += 1
-                    continue
-                seen.add(fid)
-                found.append((Path(e.path), fid))
-                if first_only:
-                    stack.clear()
-                    subdirs.clear()
-                    break
-        stack.extend((path, sid, None) for path, sid in reversed(subdirs))
-    found.sort(key=lambda item: item[0])
-    tree.files = [p for p, _ in found]
-    tree.ids = [i for _, i in found]
-    return tree
-
-
-def _find_child(d: Path, names: Iterable[str], split: str = "") -> Path | None:
-    wanted = set(names)
-    found = [child for child in _visible_dirs(d) if child.name.lower() in wanted]
-    if len(found) > 1:
-        # `train/` and `Train/` (or `val/` and `valid/`): which one holds the split is a guess,
-        # and on a case-insensitive disk they would be one folder.
-        raise DataConflictError(
-            f"{d} has {len(found)} folders for the {split or 'same'} split: "
-            f"{', '.join(c.name + '/' for c in found)}. Merge them into one, or rename the "
-            "others so that they do not look like a split."
-        )
-    return found[0] if found else None
-
-
-def _match_split_layout(d: Path, layout: str) -> dict[str, Path] | None:
-    names = _SPLIT_NAMES[layout]
-    found = {split: _find_child(d, aliases, split) for split, aliases in names.items()}
-    if found["train"] is None or found["test"] is None:
-        return None
-    return {k: v for k, v in found.items() if v is not None}
-
-
-def _match_single(d: Path) -> bool:
-    classes = [c for c in _visible_dirs(d) if _has_image(c)]
-    return len(classes) >= 2 and not any(c.name.lower() in _SPLITLIKE for c in classes)
-
-
-def _has_image(d: Path) -> bool:
-    return bool(_walk(d, first_only=True).files)
-
-
-def _matches(d: Path, layout: str) -> dict[str, Path] | None:
-    if layout == "single":
-        return {"train": d} if _match_single(d) else None
-    return _match_split_layout(d, layout)
-
-
-def _descend(root: Path, layouts: Sequence[str]) -> Path:
-    """Step into a lone nested folder (``chest_xray/chest_xray/``, ``fruits-360_dataset/...``).
-
-    Archives often wrap the dataset in one more folder; the wrapper then holds nothing but that
-    folder and junk (``__MACOSX``, readme files), which is what this looks for.
-    """
-    d = root
-    for _ in range(4):
-        if any(_matches(d, lay) for lay in layouts):
-            return d
-        subdirs = _visible_dirs(d)
-        if len(subdirs) != 1 or _direct_images(d):
-            return d
-        log.info("data root %s holds only %s/: looking inside it", d, subdirs[0].name)
-        d = subdirs[0]
-    return d
-
-
-# --------------------------------------------------------------------------- layout + errors
-
-
-def _dataset_hint(root: Path, layout: str) -> str | None:
-    if layout in _LAYOUT_ALIASES:
-        return "chest_xray"
-    if layout == "fruits":
-        return "fruits"
-    name = root.name.lower()
-    if "chest" in name or "xray" in name.replace("-", "").replace("_", ""):
-        return "chest_xray"
-    if "fruit" in name:
-        return "fruits"
-    return None
-
-
-def _contents(d: Path, limit: int = 12) -> str:
-    try:
-        names = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(d))
-    except OSError:
-        return "unreadable"
-    if not names:
-        return "nothing"
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
-
-
-def data_root_error(root: Path, layout: str, problem: str) -> DataRootError:
-    """A `DataRootError` naming the path, the expected tree and how to get the data."""
-    base = _LAYOUT_ALIASES.get(layout, layout)
-    lines = [f"Data root {root} {problem}."]
-    if base == "auto":
-        lines.append("Accepted layouts (data.layout=auto tries them in this order):")
-        for name in ("fruits", "split", "single"):
-            tree = _TREES[name].format(root=root).replace("\n", "\n    ")
-            lines.append(f"  {name}:\n    {tree}")
-    else:
-        lines.append(f"Expected layout '{base}':")
-        lines.append(_TREES[base].format(root=root))
-    hint = _dataset_hint(root, layout)
-    if hint is not None:
-        cmd, where = _DOWNLOADS[hint]
-        lines.append(f"Get the dataset with:  {cmd}")
-        lines.append(f"then set data.root to {where}.")
-    else:
-        lines.append("Set data.root to your image folder (and data.layout if auto does not fit).")
-    return DataRootError("\n".join(lines))
-
-
-def resolve_layout(root: str | os.PathLike, layout: str = "auto") -> tuple[Path, str, dict]:
-    """Find where and in which layout the data sits: ``(folder, layout, {split: dir})``.
-
-    Raises `DataRootError` when nothing fits, naming what was expected.
-    """
-    root = Path(root).expanduser()
-    if layout not in LAYOUTS and layout not in _LAYOUT_ALIASES:
-        raise ValueError(
-            f"unknown data layout {layout!r}; choose one of {LAYOUTS} "
-            f"(or a preset alias: {sorted(_LAYOUT_ALIASES)})"
-        )
-    if not root.exists():
-        raise data_root_error(root, layout, "does not exist")
-    if not root.is_dir():
-        raise data_root_error(root, layout, "is not a directory")
-    if not _visible_dirs(root) and not _direct_images(root):
-        raise data_root_error(root, layout, f"is empty (it holds: {_contents(root)})")
-
-    base = _LAYOUT_ALIASES.get(layout, layout)
-    candidates = ("fruits", "split", "single") if base == "auto" else (base,)
-    d = _descend(root, candidates)
-    for lay in candidates:
-        dirs = _matches(d, lay)
-        if dirs:
-            if base == "auto":
-                log.info("data root %s: detected layout '%s'", d, lay)
-            if lay != "single":
-                _note_nested_copies(d, lay, dirs)
-            return d, lay, dirs
-    raise _layout_mismatch(root, d, layout, base)
-
-
-def _note_nested_copies(d: Path, layout: str, dirs: dict[str, Path]) -> None:
-    """Kaggle archives can hold the dataset twice (``chest_xray/chest_xray/``,
-    ``fruits-360/fruits-360/``): only the split folders at the data root are read; say so."""
-    used = set(dirs.values())
-    for child in _visible_dirs(d):
-        if child not in used and _match_split_layout(child, layout):
-            log.info(
-                "data root %s: ignoring %s/, another copy of the dataset (only %s are read)",
-                d,
-                child.name,
-                ", ".join(f"{p.name}/" for p in dirs.values()),
-            )
-
-
-def _layout_mismatch(root: Path, d: Path, layout: str, base: str) -> DataRootError:
-    where = "" if d == root else f" (looked inside {d})"
-    problem = f"does not match{where}; it holds: {_contents(d)}"
-    others = [lay for lay in ("fruits", "split", "single") if lay != base and _matches(d, lay)]
-    if base == "single" and any(c.name.lower() in _SPLITLIKE for c in _visible_dirs(d)):
-        problem += "; its folders look like train/test splits, not classes"
-    if others:
-        problem += (
-            f"; that looks like the '{others[0]}' layout: set data.layout={others[0]} "
-            "(or data.layout=auto)"
-        )
-    return data_root_error(root, layout, problem)
-
-
 # --------------------------------------------------------------------------- scanning
-
-
-def _list_classes(split_dir: Path) -> tuple[dict[str, _Tree], list[str]]:
-    """``({class: its files}, [empty class names])`` for one split folder.
-
-    Refuses (`DataConflictError`) class folders whose names differ only in case, and a folder
-    inside a class folder named like a split or like another class: a copy of the dataset nested
-    there (``Training/Apple/fruits-360/Training/...``) would label all of it with one class.
-    """
-    classes: dict[str, _Tree] = {}
-    empty = []
-    for c in _visible_dirs(split_dir):
-        tree = _walk(c)
-        if tree.files:
-            classes[c.name] = tree
-        else:
-            empty.append(c.name)
-    by_case: dict[str, list[str]] = {}
-    for name in classes:
-        by_case.setdefault(name.lower(), []).append(name)
-    clashes = [names for names in by_case.values() if len(names) > 1]
-    if clashes:
-        listed = "; ".join(" and ".join(str(split_dir / n) for n in names) for names in clashes)
-        raise DataConflictError(
-            f"class folders whose names differ only in case: {listed}. They would be two labels "
-            "for one class (and are one folder on a case-insensitive disk): merge or rename them."
-        )
-    others = {name.lower(): name for name in classes}
-    for name, tree in classes.items():
-        for sub in tree.subdirs:
-            key = sub.name.lower()
-            if key in _SPLITLIKE or (key in others and others[key] != name):
-                kind = "a split" if key in _SPLITLIKE else f"the class {others[key]!r}"
-                raise DataConflictError(
-                    f"{sub} is named like {kind} but lies inside the class folder "
-                    f"{split_dir / name}: a copy of the dataset nested there would label all its "
-                    f"images {name!r}. Move it out of {split_dir / name}, or rename it."
-                )
-    return classes, empty
-
-
-def _warn_loops(trees: dict[str, dict[str, _Tree]]) -> None:
-    loops = [loop for tree in trees.values() for t in tree.values() for loop in t.loops]
-    if not loops:
-        return
-    listed = "\n".join(f"  {link} -> {target}" for link, target in loops[:10])
-    more = f"\n  ... and {len(loops) - 10} more" if len(loops) > 10 else ""
-    warnings.warn(
-        f"skipped {len(loops)} folder link(s) that lead back into their own class folder "
-        f"(a loop; their images are counted once, where they really are):\n{listed}{more}",
-        DataWarning,
-        stacklevel=3,
-    )
-
-
-def _check_conflicts(trees: dict[str, dict[str, _Tree]], dirs: dict[str, Path]) -> None:
-    """Refuse one file under two classes (two labels) or two splits (train/test leakage)."""
-    split_ids: dict[FileId, str] = {}
-    for split, d in dirs.items():
-        other = split_ids.setdefault(_stat_id(str(d)), split)
-        if other != split:
-            raise DataConflictError(
-                f"the {split} folder {d} is the {other} folder {dirs[other]} (a link): every "
-                f"{split} image would also be a{'n' if other[0] in 'aeiou' else ''} {other} "
-                "image. Give each split its own images."
-            )
-    owner: dict[FileId, tuple[str, str, Path]] = {}
-    labels, leaks = [], []
-    for split, classes in trees.items():
-        for name, tree in classes.items():
-            for path, fid in zip(tree.files, tree.ids, strict=True):
-                if fid[0] == "unreadable":
-                    continue
-                first = owner.setdefault(fid, (split, name, path))
-                if first[2] == path:
-                    continue
-                (leaks if first[0] != split else labels).append((first, (split, name, path)))
-    if labels:
-        raise DataConflictError(
-            _conflict_message(
-                labels,
-                "in two classes",
-                "One image cannot have two labels: remove the extra link (or hard link) so "
-                "that each image sits in one class folder.",
-            )
-        )
-    if leaks:
-        raise DataConflictError(
-            _conflict_message(
-                leaks,
-                "in two splits",
-                "An image in both the training and an evaluation split makes the evaluation "
-                "measure memory, not generalisation (leakage): keep each image in one split.",
-            )
-        )
-
-
-def _conflict_message(pairs: list, what: str, advice: str) -> str:
-    def where(item: tuple[str, str, Path]) -> str:
-        split, name, path = item
-        return f"{path} ({split}, class {name!r})"
-
-    lines = [
-        f"{len(pairs)} image file(s) are reached {what} (the same file on disk, through a link "
-        "or a hard link):"
-    ]
-    lines += [f"  {where(a)}\n    and {where(b)}" for a, b in pairs[:10]]
-    if len(pairs) > 10:
-        lines.append(f"  ... and {len(pairs) - 10} more")
-    lines.append(advice)
-    return "\n".join(lines)
 
 
 def _cap(files: list[Path], cap: int | None, salt: str, seed: int) -> list[Path]:
@@ -608,14 +180,14 @@ def scan_dataset(
     two labels or two splits (see the module docstring).
     """
     folder, lay, dirs = resolve_layout(root, layout)
-    listed: dict[str, dict[str, _Tree]] = {}
+    listed: dict[str, dict[str, FileTree]] = {}
     empty_train: list[str] = []
     for split, d in dirs.items():
-        listed[split], empty = _list_classes(d)
+        listed[split], empty = list_classes(d)
         if split == "train":
             empty_train = empty
-    _check_conflicts(listed, dirs)
-    _warn_loops(listed)
+    check_conflicts(listed, dirs)
+    warn_loops(listed)
     duplicates = sum(t.duplicates for classes in listed.values() for t in classes.values())
     trees: dict[str, dict[str, list[Path]]] = {
         split: {

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -27,6 +26,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from fruitnet.data.datamodule import ImageFolderDataModule
+from fruitnet.files import write_json
+from fruitnet.settings import ROOT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,8 @@ def generate_synthetic_fruits(
             "image_size": image_size,
             "seed": seed,
         }
-        (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / MARKER, meta)
+        # The tree is renamed as a whole (`fruitnet.files.atomic_path` takes files only).
         try:
             os.rename(tmp, final)
         except OSError:
@@ -326,7 +328,7 @@ def generate_synthetic_fruits(
 
 
 def _default_root() -> Path:
-    base = os.environ.get("FRUITNET_ROOT")
+    base = os.environ.get(ROOT_ENV)
     return (Path(base) / "data" if base else Path.home() / ".cache" / "fruitnet") / "synthetic"
 
 

@@ -7,6 +7,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from fruitnet.models.registry import register_model
+
 CHANNELS = (3, 16, 32, 64, 128)
 HIDDEN = 625
 MIN_INPUT_SIZE = 16  # four 2x2 pools need at least 16 px to leave a 1x1 map
@@ -20,6 +22,14 @@ def feature_side(input_size: int) -> int:
     return side
 
 
+@register_model(
+    name="cnn",
+    input_size=100,
+    description="basic CNN: 4 x [conv3x3-ReLU-maxpool] (16/32/64/128), FC 625, dropout 0.5",
+    head="classifier.fc2",
+    # the output of conv4-pool4-relu4 (128 x 6 x 6 at 100 px)
+    cam_layer="features",
+)
 class BasicCNN(nn.Module):
     """4 x [Conv3x3 s1 p1, ReLU, MaxPool2x2] (3->16->32->64->128; computed as conv, pool, ReLU,
     which is the same function), then

@@ -7,14 +7,14 @@ cheap enough to run at the start of every fit.
 from __future__ import annotations
 
 import io
-import statistics
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from fruitnet.timing import median_ms
 
 MIB = 2**20
 
@@ -81,11 +81,6 @@ def _is_channels_last(model: nn.Module) -> bool:
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def latency_ms(
     model: nn.Module,
     input_size: int,
@@ -110,21 +105,14 @@ def latency_ms(
     autocast = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     )
-    times = []
     try:
         with _eval_mode(model), autocast:
-            for i in range(warmup + iters):
-                _sync(device)
-                start = time.perf_counter()
-                model(x)
-                _sync(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            ms = median_ms(lambda: model(x), device=device, warmup=warmup, repeats=iters)
     finally:
         if channels_last and not was_channels_last:
             model.to(memory_format=torch.contiguous_format)
         model.to(home)
-    return statistics.median(times) * 1000.0 / batch
+    return ms / batch
 
 
 def summarize(model: nn.Module, input_size: int, *, with_flops: bool = True) -> dict[str, float]:

@@ -9,12 +9,9 @@ Module and attribute names follow ``mit-han-lab/proxylessnas`` (``proxyless_nas/
 ``nas_modules.py``) so that ``state_dict()`` keys equal those of the official ``proxyless_gpu.pth``
 and it loads strictly. Facts: ``shared/docs/proxyless_gpu.md``.
 
-Net-config keys read here: ``bn`` {momentum, eps}; ``first_conv`` (a ConvLayer: in_channels,
-out_channels, kernel_size, stride); ``blocks``: a list of {``mobile_inverted_conv``: {name:
-MBInvertedConvLayer | ZeroLayer, in_channels, out_channels, kernel_size, stride, expand_ratio},
-``shortcut``: {name: IdentityLayer, ...} | null}; ``feature_mix_layer`` (a 1x1 ConvLayer) and
-``classifier`` (a LinearLayer: in_features; out_features and dropout_rate are replaced by the
-run's class count and ``dropout``).
+The net config is read and checked by `fruitnet.models.net_config`; ``bn`` {momentum, eps} and the
+classifier's in_features are read here, its out_features and dropout_rate are replaced by the run's
+class count and ``dropout``.
 """
 
 from __future__ import annotations
@@ -31,15 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fruitnet.models.net_config import check_arch, load_arch
+from fruitnet.models.registry import register_model
+from fruitnet.models.weights import PROXYLESS_GPU, WeightsSource
+
 ARCH_DIR = Path(__file__).resolve().parent / "arch"
 BUILTIN_ARCH = ARCH_DIR / "proxyless_gpu.json"
 BN_EPS = 1e-3  # the official config's value, not PyTorch's 1e-5: the weights were trained with it
 BN_MOMENTUM = 0.1
-OPS = ("MBInvertedConvLayer", "ZeroLayer")
-
-
-class ArchConfigError(ValueError):
-    """A net config that cannot be built (unknown op, channel mismatch, input too small...)."""
 
 
 @cache
@@ -67,17 +63,9 @@ def is_builtin_arch(config: str | Path | Mapping[str, Any] | None) -> bool:
     return _skeleton(config) == _skeleton(builtin_arch())
 
 
-def load_arch(path: str | Path, input_size: int | None = None) -> dict[str, Any]:
-    """Read a net-config JSON file and check it (against ``input_size`` when given)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ArchConfigError(f"arch file {path} does not exist")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArchConfigError(f"arch file {path} is not valid JSON: {err}") from None
-    check_arch(config, input_size, source=str(path))
-    return config
+def proxyless_source(*, arch: Any = None, **_: object) -> WeightsSource | None:
+    """The official ImageNet weights fit the built-in arch only (a searched arch: none)."""
+    return PROXYLESS_GPU if is_builtin_arch(arch) else None
 
 
 def resolve_arch(arch: str | Path | Mapping[str, Any] | None, input_size: int | None = None):
@@ -89,108 +77,6 @@ def resolve_arch(arch: str | Path | Mapping[str, Any] | None, input_size: int | 
     config = copy.deepcopy(dict(arch))
     check_arch(config, input_size)
     return config
-
-
-def _spatial(size: int, kernel: int, stride: int) -> int:
-    # Conv with symmetric padding k//2: out = floor((size + 2*(k//2) - k) / stride) + 1
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-def check_arch(
-    config: Any, input_size: int | None = None, *, source: str = "arch config"
-) -> list[int]:
-    """Validate a net config; returns each block's output side (when ``input_size`` is given).
-
-    Raises `ArchConfigError` with one line naming ``source`` and the offending key.
-    """
-
-    def fail(key: str, why: str) -> ArchConfigError:
-        return ArchConfigError(f"{source}: key '{key}': {why}")
-
-    def need_int(node: Mapping, key: str, where: str, minimum: int = 1) -> int:
-        value = node.get(key) if isinstance(node, Mapping) else None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise fail(f"{where}.{key}", f"needs an integer >= {minimum}, got {value!r}")
-        return value
-
-    if not isinstance(config, Mapping):
-        raise ArchConfigError(
-            f"{source}: a net config is a JSON object, got {type(config).__name__}"
-        )
-    for key in ("first_conv", "blocks", "feature_mix_layer", "classifier"):
-        if key not in config:
-            raise fail(key, "missing")
-    first = config["first_conv"]
-    if need_int(first, "in_channels", "first_conv") != 3:
-        raise fail("first_conv.in_channels", f"must be 3 (RGB), got {first['in_channels']}")
-    channels = need_int(first, "out_channels", "first_conv")
-    size = input_size
-    if size is not None:
-        size = _spatial(
-            size,
-            need_int(first, "kernel_size", "first_conv"),
-            need_int(first, "stride", "first_conv"),
-        )
-    blocks = config["blocks"]
-    if not isinstance(blocks, list) or not blocks:
-        raise fail("blocks", "must be a non-empty list")
-    sides = []
-    for i, block in enumerate(blocks):
-        where = f"blocks.{i}.mobile_inverted_conv"
-        op = block.get("mobile_inverted_conv") if isinstance(block, Mapping) else None
-        if not isinstance(op, Mapping):
-            raise fail(where, "missing")
-        name = op.get("name")
-        if name not in OPS:
-            raise fail(f"{where}.name", f"unknown op {name!r}; valid: {', '.join(OPS)}")
-        shortcut = block.get("shortcut")
-        if shortcut is not None and (
-            not isinstance(shortcut, Mapping) or shortcut.get("name") != "IdentityLayer"
-        ):
-            raise fail(f"blocks.{i}.shortcut", "must be null or an IdentityLayer")
-        if name == "ZeroLayer":
-            if op.get("stride", 1) != 1:
-                raise fail(f"{where}.stride", "a ZeroLayer block is an identity: stride must be 1")
-            sides.append(size)
-            continue
-        c_in = need_int(op, "in_channels", where)
-        if c_in != channels:
-            raise fail(
-                f"{where}.in_channels",
-                f"is {c_in} but the previous layer gives {channels} channels",
-            )
-        c_out = need_int(op, "out_channels", where)
-        kernel = need_int(op, "kernel_size", where)
-        stride = need_int(op, "stride", where)
-        need_int(op, "expand_ratio", where)
-        if kernel % 2 == 0:
-            raise fail(f"{where}.kernel_size", f"must be odd, got {kernel}")
-        if shortcut is not None and (stride != 1 or c_in != c_out):
-            raise fail(f"blocks.{i}.shortcut", "an identity shortcut needs stride 1 and in == out")
-        if size is not None:
-            # With k//2 padding a map never shrinks below 1x1, so "too many stride-2 blocks" shows
-            # as a stride-2 block whose input is already 1x1 (it would reach size 0 at 1/2 px).
-            if stride > 1 and size <= 1:
-                raise fail(
-                    f"{where}.stride",
-                    f"the feature map is already 1x1 before this stride-{stride} block at input "
-                    f"size {input_size} (too many stride-2 blocks for this input)",
-                )
-            size = _spatial(size, kernel, stride)
-        sides.append(size)
-        channels = c_out
-    mix = config["feature_mix_layer"]
-    if mix is not None:
-        if need_int(mix, "in_channels", "feature_mix_layer") != channels:
-            raise fail(
-                "feature_mix_layer.in_channels",
-                f"is {mix['in_channels']} but the last block gives {channels} channels",
-            )
-        channels = need_int(mix, "out_channels", "feature_mix_layer")
-    features = need_int(config["classifier"], "in_features", "classifier")
-    if features != channels:
-        raise fail("classifier.in_features", f"is {features} but the features have {channels}")
-    return sides
 
 
 def _bn(channels: int, bn: Mapping[str, float] | None = None) -> nn.BatchNorm2d:
@@ -326,19 +212,16 @@ def conv_layer(config: Mapping[str, Any], bn: Mapping[str, float] | None = None)
     )
 
 
-def identity_config(channels: int) -> dict[str, Any]:
-    """The official ``IdentityLayer`` shortcut entry."""
-    return {
-        "name": "IdentityLayer",
-        "in_channels": channels,
-        "out_channels": channels,
-        "use_bn": False,
-        "act_func": None,
-        "dropout_rate": 0,
-        "ops_order": "weight_bn_act",
-    }
-
-
+@register_model(
+    name="proxyless",
+    input_size=224,
+    weights_url=PROXYLESS_GPU.url,
+    description="ProxylessNAS-GPU (ICLR 2019), official ImageNet weights; model.arch=PATH: any net config",
+    head="classifier.linear",
+    weights_source=proxyless_source,
+    # the 1x1 conv after the last block (1728 x 7 x 7 at 224 px); searched nets share it
+    cam_layer="feature_mix_layer",
+)
 class ProxylessNASNets(nn.Module):
     """A ProxylessNAS network built from a net config (official JSON format).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from fruitnet.models.registry import register_model
 from fruitnet.models.weights import WeightsSource, torchvision_source
 
 DEFAULT_WEIGHTS = "IMAGENET1K_V2"
@@ -20,6 +21,19 @@ def weights_enum(weights_name: str = DEFAULT_WEIGHTS) -> ResNet50_Weights:
         ) from None
 
 
+def resnet50_source(*, weights_name: str = DEFAULT_WEIGHTS, **_: object) -> WeightsSource:
+    return torchvision_source(weights_enum(weights_name).url)
+
+
+@register_model(
+    name="resnet50",
+    input_size=224,
+    weights_url=weights_enum(DEFAULT_WEIGHTS).url,
+    description=f"torchvision ResNet-50, ImageNet weights {DEFAULT_WEIGHTS}",
+    head="fc",
+    weights_source=resnet50_source,
+    cam_layer="layer4",
+)
 def build_resnet50(
     *, num_classes: int, input_size: int = 224, weights_name: str = DEFAULT_WEIGHTS
 ) -> nn.Module:
@@ -32,7 +46,3 @@ def build_resnet50(
     del input_size
     weights_enum(weights_name)
     return resnet50(weights=None, num_classes=num_classes)
-
-
-def resnet50_source(*, weights_name: str = DEFAULT_WEIGHTS, **_: object) -> WeightsSource:
-    return torchvision_source(weights_enum(weights_name).url)

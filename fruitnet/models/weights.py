@@ -12,7 +12,6 @@ picked up when put at exactly that path.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
 import warnings
@@ -24,9 +23,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from fruitnet.network import socket_timeout
+from fruitnet.settings import OFFLINE_ENV, is_offline
+from fruitnet.sockets import socket_timeout
 
-OFFLINE_ENV = "FRUITNET_OFFLINE"
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
 
 # Wrappers that prefix every key of a state_dict: DataParallel/DDP ("module."), and a
@@ -71,10 +70,6 @@ def torchvision_source(url: str) -> WeightsSource:
     """Source for a torchvision weights URL, verified by the sha256 prefix in its file name."""
     match = _TORCHVISION_HASH.search(PurePosixPath(urlparse(url).path).name)
     return WeightsSource(url=url, sha256_prefix=match.group(1) if match else None)
-
-
-def is_offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip() == "1"
 
 
 def hub_checkpoint_dir() -> Path:
@@ -146,7 +141,7 @@ def fetch(source: WeightsSource, *, model: str) -> Path:
         return path
     if is_offline():
         raise WeightsUnavailableError(
-            unavailable_message(model, source, f"no cached file and {OFFLINE_ENV}=1 (offline)")
+            unavailable_message(model, source, f"no cached file and {OFFLINE_ENV} is set (offline)")
         )
     _download(source, path, model=model)
     return path

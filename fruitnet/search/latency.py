@@ -14,24 +14,30 @@ search on the same machine reuses them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
-import os
 import re
-import statistics
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fruitnet.models.proxyless import MBInvertedConvLayer, MobileInvertedResidualBlock
+from fruitnet.files import write_json
+from fruitnet.models.proxyless import (
+    MBInvertedConvLayer,
+    MobileInvertedResidualBlock,
+    ProxylessNASNets,
+)
 from fruitnet.runtime import cpu_name
 from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet, parse_op
+from fruitnet.timing import median_ms
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +55,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:120]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_module(
     module: nn.Module,
     shape: tuple[int, ...],
@@ -65,28 +66,21 @@ def time_module(
     repeats: int = 30,
     rounds: int = 1,
 ) -> float:
-    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad).
-
-    With ``rounds`` > 1 the median is taken that many times and the smallest counts: a round in
-    which another process took the cores reads high, never low."""
+    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad),
+    the best of ``rounds`` medians (`fruitnet.timing.median_ms`)."""
     module = module.to(device=device, dtype=dtype).eval()
     x = torch.randn(shape, device=device, dtype=dtype)
     if channels_last and x.dim() == 4:
         module = module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    medians = []
     with torch.no_grad():
-        for _ in range(max(1, rounds)):
-            times = []
-            for i in range(warmup + repeats):
-                _sync(device)
-                start = time.perf_counter()
-                module(x)
-                _sync(device)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
-            medians.append(statistics.median(times))
-    return min(medians) * 1000.0
+        return median_ms(
+            lambda: module(x), device=device, warmup=warmup, repeats=repeats, rounds=rounds
+        )
+
+
+def _cache_file(cache_dir: str | Path | None, device_name: str) -> Path | None:
+    return Path(cache_dir) / f"{_slug(device_name)}.json" if cache_dir else None
 
 
 def _read_cache(path: Path | None) -> dict[str, Any]:
@@ -100,10 +94,7 @@ def _read_cache(path: Path | None) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, device: str, entries: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"device": device, "entries": entries}, indent=0, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, {"device": device, "entries": dict(sorted(entries.items()))}, indent=0)
 
 
 class _Head(nn.Module):
@@ -165,6 +156,80 @@ def _block_key(info: dict[str, Any], name: str) -> str:
     )
 
 
+@dataclass
+class _CachedTimer:
+    """Times a module once per cache key; ``prefix`` holds what the key alone does not say
+    (dtype, memory format, batch)."""
+
+    cache: dict[str, Any]
+    prefix: str
+    time: Callable[[nn.Module, tuple[int, ...]], float]
+    progress: Callable[[str], None] | None = None
+    hits: int = field(default=0, init=False)
+    misses: int = field(default=0, init=False)
+
+    def __call__(self, key: str, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
+        full = self.prefix + key
+        if full in self.cache:
+            self.hits += 1
+            return self.cache[full]
+        self.misses += 1
+        ms = self.time(make(), shape)
+        self.cache[full] = ms
+        if self.progress is not None:
+            self.progress(f"{key}: {ms:.3f} ms")
+        return ms
+
+
+def _fixed_ms(net: SuperNet, timed: _CachedTimer, batch: int) -> dict[str, float]:
+    """Stem, first block and head, each timed on a copy (the timer moves and converts it)."""
+    s, first, space = net.input_size, net.first_block_side, net.space
+    final, last = net.final_side, net.last_channels
+    return {
+        "first_conv": timed(
+            f"first_conv-in:{s}x{s}x3-out:{space.first_conv}-k3-s2",
+            lambda: copy.deepcopy(net.first_conv),
+            (batch, 3, s, s),
+        ),
+        "first_block": timed(
+            f"mbconv-in:{first}x{first}x{space.first_conv}-out:{space.first_block}-k3-e1-s1-idskip:0",
+            lambda: copy.deepcopy(net.blocks[0]),
+            (batch, space.first_conv, first, first),
+        ),
+        "head": timed(
+            f"head-in:{final}x{final}x{last}-mix:{space.feature_mix}-classes:{net.num_classes}",
+            lambda: copy.deepcopy(_Head(net)),
+            (batch, last, final, final),
+        ),
+    }
+
+
+def _candidate_block(info: dict[str, Any], name: str, bn: dict[str, float]) -> nn.Module:
+    """One candidate as the finished net runs it: the op plus its identity shortcut, if any."""
+    kernel, expand = parse_op(name)
+    op = MBInvertedConvLayer(info["in"], info["out"], kernel, info["stride"], expand, bn=bn)
+    return MobileInvertedResidualBlock(op, nn.Identity() if info["residual"] else None)
+
+
+def _edge_ms(net: SuperNet, timed: _CachedTimer, batch: int) -> list[list[float]]:
+    edges: list[list[float]] = []
+    for info in net.edge_info:
+        shape = (batch, info["in"], info["side"], info["side"])
+        edges.append(
+            [
+                0.0
+                if name == ZERO
+                else timed(
+                    _block_key(info, name),
+                    partial(_candidate_block, info, name, net.space.bn),
+                    shape,
+                )
+                for name in info["names"]
+            ]
+        )
+    return edges
+
+
 def build_latency_table(
     net: SuperNet,
     *,
@@ -180,101 +245,75 @@ def build_latency_table(
 ) -> LatencyTable:
     """Time every fixed layer and every candidate op of ``net`` (cached per device/dtype/shape)."""
     dev_name = lut_device_name(device)
-    cache_file = Path(cache_dir) / f"{_slug(dev_name)}.json" if cache_dir else None
-    cache: dict[str, Any] = _read_cache(cache_file)
-    prefix = f"{str(dtype).replace('torch.', '')}|{'cl' if channels_last else 'cf'}|b{batch}|"
-    hits = misses = 0
-    bn = net.space.bn
-
-    def timed(key: str, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
-        nonlocal hits, misses
-        full = prefix + key
-        if full in cache:
-            hits += 1
-            return cache[full]
-        misses += 1
-        ms = time_module(
-            make(),
-            shape,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
-            warmup=warmup,
-            repeats=repeats,
-            rounds=rounds,
-        )
-        cache[full] = ms
-        if progress is not None:
-            progress(f"{key}: {ms:.3f} ms")
-        return ms
-
-    import copy
-
-    s = net.input_size
-    first_side = net.first_block_side
-    fixed = {
-        "first_conv": timed(
-            f"first_conv-in:{s}x{s}x3-out:{net.space.first_conv}-k3-s2",
-            lambda: copy.deepcopy(net.first_conv),
-            (batch, 3, s, s),
-        ),
-        "first_block": timed(
-            f"mbconv-in:{first_side}x{first_side}x{net.space.first_conv}-out:"
-            f"{net.space.first_block}-k3-e1-s1-idskip:0",
-            lambda: copy.deepcopy(net.blocks[0]),
-            (batch, net.space.first_conv, first_side, first_side),
-        ),
-        "head": timed(
-            f"head-in:{net.final_side}x{net.final_side}x{net.last_channels}"
-            f"-mix:{net.space.feature_mix}-classes:{net.num_classes}",
-            lambda: copy.deepcopy(_Head(net)),
-            (batch, net.last_channels, net.final_side, net.final_side),
-        ),
-    }
-    edges: list[list[float]] = []
-    for info in net.edge_info:
-        row = []
-        for name in info["names"]:
-            if name == ZERO:
-                row.append(0.0)
-                continue
-            kernel, expand = parse_op(name)
-
-            def make(info=info, kernel=kernel, expand=expand) -> nn.Module:
-                op = MBInvertedConvLayer(
-                    info["in"], info["out"], kernel, info["stride"], expand, bn=bn
-                )
-                return MobileInvertedResidualBlock(op, nn.Identity() if info["residual"] else None)
-
-            row.append(
-                timed(
-                    _block_key(info, name),
-                    make,
-                    (batch, info["in"], info["side"], info["side"]),
-                )
-            )
-        edges.append(row)
-    if cache_file is not None and misses:
-        _write_cache(cache_file, dev_name, {**_read_cache(cache_file), **cache})
+    cache_file = _cache_file(cache_dir, dev_name)
+    dtype_name = str(dtype).replace("torch.", "")
+    prefix = f"{dtype_name}|{'cl' if channels_last else 'cf'}|b{batch}|"
+    timing = dict(warmup=warmup, repeats=repeats, rounds=rounds)
+    time = partial(time_module, device=device, dtype=dtype, channels_last=channels_last, **timing)
+    timed = _CachedTimer(_read_cache(cache_file), prefix, time, progress)
+    fixed = _fixed_ms(net, timed, batch)
+    edges = _edge_ms(net, timed, batch)
+    if cache_file is not None and timed.misses:
+        _write_cache(cache_file, dev_name, {**_read_cache(cache_file), **timed.cache})
     log.info(
         "latency table on %s (batch %d, %s): %d entries timed, %d from cache %s",
         dev_name,
         batch,
         prefix.rstrip("|"),
-        misses,
-        hits,
+        timed.misses,
+        timed.hits,
         cache_file or "(no cache)",
     )
-    meta = {
-        "device": dev_name,
-        "batch": batch,
-        "dtype": str(dtype).replace("torch.", ""),
-        "channels_last": channels_last,
-        "warmup": warmup,
-        "repeats": repeats,
-        "rounds": rounds,
-    }
+    meta = {"device": dev_name, "batch": batch, "dtype": dtype_name}
+    meta |= {"channels_last": channels_last, **timing}
     return LatencyTable(fixed, edges, meta)
+
+
+def _calibration_paths(table: LatencyTable, n_random: int, seed: int) -> list[list[int]]:
+    """The fastest and the slowest path by the table, and ``n_random`` random ones."""
+    gen = torch.Generator().manual_seed(seed)
+    paths = [
+        [min(range(len(e)), key=e.__getitem__) for e in table.edges],
+        [max(range(len(e)), key=e.__getitem__) for e in table.edges],
+    ]
+    for _ in range(n_random):
+        paths.append([int(torch.randint(len(e), (1,), generator=gen)) for e in table.edges])
+    return paths
+
+
+def _calibration_key(table: LatencyTable, paths: list[list[int]], net: SuperNet) -> str:
+    # Keyed by the raw table (itself cached per device, dtype and shape) and the paths, so every
+    # search over this space on this machine shares one fit.
+    data = [table.fixed_ms, table.edges, paths, net.num_classes, net.input_size]
+    return "calibration|" + hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares ``(scale, offset)`` of measured on table ms; scale 1 when it is undefined."""
+    xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
+    ys = torch.tensor([p[1] for p in points], dtype=torch.float64)
+    if float(xs.max() - xs.min()) > 1e-9:
+        scale = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+    else:
+        scale = 1.0
+    if not math.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    return scale, float(ys.mean() - scale * xs.mean())
+
+
+def _rescaled(
+    table: LatencyTable, scale: float, offset: float, points: list[tuple[float, float]]
+) -> LatencyTable:
+    fixed = {k: v * scale for k, v in table.fixed_ms.items()}
+    fixed["overhead"] = offset
+    edges = [[v * scale for v in row] for row in table.edges]
+    calibration = {
+        "scale": scale,
+        "offset_ms": offset,
+        "points": [{"table_ms": x, "measured_ms": y} for x, y in points],
+        "raw": {"fixed_ms": table.fixed_ms, "edges": table.edges},
+    }
+    return LatencyTable(fixed, edges, {**table.meta, "calibration": calibration})
 
 
 def calibrate(
@@ -298,33 +337,15 @@ def calibrate(
     (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole at the table's batch size; the
     least-squares line through (table sum, measured) rescales every entry and adds the offset as
     a fixed ``overhead`` entry. The raw table and the fit are kept in ``meta["calibration"]``.
+    The points are cached with the table (same file).
     """
-    from fruitnet.models.proxyless import ProxylessNASNets
-
-    gen = torch.Generator().manual_seed(seed)
-    paths = [
-        [min(range(len(e)), key=e.__getitem__) for e in table.edges],
-        [max(range(len(e)), key=e.__getitem__) for e in table.edges],
-    ]
-    for _ in range(n_random):
-        paths.append([int(torch.randint(len(e), (1,), generator=gen)) for e in table.edges])
-    batch = int(table.meta.get("batch", 1))
-    # Cached with the table (same file): keyed by the raw table (itself cached per device, dtype
-    # and shape) and the paths, so every search over this space on this machine shares one fit.
-    key = (
-        "calibration|"
-        + hashlib.sha1(
-            json.dumps(
-                [table.to_dict()["fixed_ms"], table.edges, paths, net.num_classes, net.input_size],
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
-    )
-    cache_file = (
-        Path(cache_dir) / f"{_slug(str(table.meta.get('device')))}.json" if cache_dir else None
-    )
+    paths = _calibration_paths(table, n_random, seed)
+    key = _calibration_key(table, paths, net)
+    device_name = str(table.meta.get("device"))
+    cache_file = _cache_file(cache_dir, device_name)
     cached = _read_cache(cache_file).get(key)
     points = [tuple(p) for p in cached] if cached else []
+    batch = int(table.meta.get("batch", 1))
     for path in [] if points else paths:
         arch = net.export_arch(path)
         model = ProxylessNASNets(num_classes=net.num_classes, input_size=net.input_size, arch=arch)
@@ -339,30 +360,8 @@ def calibrate(
         )
         points.append((table.path_ms(path), ms))
     if cache_file is not None and not cached:
-        entries = _read_cache(cache_file)
-        entries[key] = [list(p) for p in points]
-        _write_cache(cache_file, str(table.meta.get("device")), entries)
-    xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
-    ys = torch.tensor([p[1] for p in points], dtype=torch.float64)
-    if float(xs.max() - xs.min()) > 1e-9:
-        scale = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
-    else:
-        scale = 1.0
-    if not math.isfinite(scale) or scale <= 0:
-        scale = 1.0
-    offset = float(ys.mean() - scale * xs.mean())
-    fixed = {k: v * scale for k, v in table.fixed_ms.items()}
-    fixed["overhead"] = offset
-    edges = [[v * scale for v in row] for row in table.edges]
-    meta = {
-        **table.meta,
-        "calibration": {
-            "scale": scale,
-            "offset_ms": offset,
-            "points": [{"table_ms": x, "measured_ms": y} for x, y in points],
-            "raw": {"fixed_ms": table.fixed_ms, "edges": table.edges},
-        },
-    }
+        _write_cache(cache_file, device_name, {**_read_cache(cache_file), key: points})
+    scale, offset = _fit_line(points)
     log.info(
         "latency table calibrated on %d whole nets: measured = %.3f x table %+.3f ms (points %s)",
         len(points),
@@ -370,7 +369,7 @@ def calibrate(
         offset,
         ", ".join(f"{x:.2f}->{y:.2f}" for x, y in points),
     )
-    return LatencyTable(fixed, edges, meta)
+    return _rescaled(table, scale, offset, points)
 
 
 def check_target(table: LatencyTable, target_ms: float, loss: str) -> None:
@@ -415,8 +414,6 @@ def latency_loss(
     weight lambda / target. ``abs``: CE + lambda * |E[LAT] / target - 1|, two-sided (the absolute
     reward of TuNAS, Bender et al. 2020): it pulls E[LAT] toward the target from both sides.
     """
-    import math
-
     if loss == "mul_log":
         return ce * (torch.log(expected_ms) / math.log(target_ms)) ** beta
     if loss == "add":

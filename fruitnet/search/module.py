@@ -30,7 +30,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fruitnet.search.latency import LatencyTable, latency_loss
-from fruitnet.search.supernet import SearchSpace, SuperNet
+from fruitnet.search.space import SearchSpace
+from fruitnet.search.supernet import SuperNet
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from fruitnet.config import hydra_choices
+from fruitnet.files import write_json, write_text
 from fruitnet.models.profile import count_params, flops, fp32_mib, state_dict_mib
 from fruitnet.models.proxyless import ProxylessNASNets
 from fruitnet.plots import save_figure
-from fruitnet.results import environment, write_json
+from fruitnet.record import environment
+from fruitnet.runtime import device_name
 from fruitnet.search.latency import time_module
 
 
@@ -90,6 +92,41 @@ def measure(
     return stats
 
 
+def run_values(
+    cfg: Any,
+    dm: Any,
+    trainer: Any,
+    *,
+    ckpt_path: str | None,
+    output_dir: Path,
+    lut_s: float,
+    search_s: float,
+) -> dict[str, Any]:
+    """The record's keys about the run itself: config, data, trainer, timings."""
+    choices, overrides = hydra_choices()
+    ckpt_cb = trainer.checkpoint_callback
+    return {
+        "task_name": cfg.get("task_name", "search"),
+        "data": choices.get("data", "?"),
+        "data_root": str(cfg.data.root),
+        "num_classes": dm.num_classes,
+        "input_size": dm.input_size,
+        "train_images": dm.num_train,
+        "heldout_images": dm.num_val,
+        "batch_size": cfg.data.batch_size,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "lut_s": lut_s,
+        "search_s": search_s,
+        "device": device_name(cfg.trainer.accelerator),
+        "precision": str(trainer.precision),
+        "last_ckpt": ckpt_cb.last_model_path if ckpt_cb is not None else None,
+        "resumed_from": ckpt_path,
+        "run_dir": str(output_dir),
+        "overrides": overrides,
+    }
+
+
 def write_outputs(
     module: Any,
     output_dir: Path,
@@ -102,9 +139,7 @@ def write_outputs(
     net = module.net
     arch = net.export_arch()
     choices = [int(e.alpha.detach().argmax()) for e in net.edges]
-    arch_path = output_dir / "arch.json"
-    arch_path.parent.mkdir(parents=True, exist_ok=True)
-    arch_path.write_text(json.dumps(arch, indent=1) + "\n")
+    arch_path = write_json(output_dir / "arch.json", arch, indent=1)
     table = module.table
     predicted = table.path_ms(choices)
     stats = measure(
@@ -146,7 +181,7 @@ def write_outputs(
         **environment(),
     }
     write_json(output_dir / "results.json", results)
-    (output_dir / "search_report.md").write_text(report_markdown(results))
+    write_text(output_dir / "search_report.md", report_markdown(results))
     return results
 
 

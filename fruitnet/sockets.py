@@ -1,4 +1,4 @@
-"""The one network helper shared by the weights and dataset downloads."""
+"""The socket timeout shared by the weights and dataset downloads."""
 
 from __future__ import annotations
 

@@ -1,0 +1,163 @@
+"""The assembly every run shares: the config checked, data, model and trainer built from it.
+
+`fruitnet.train` and `fruitnet.search` build a run from here, `fruitnet.eval` builds its trainer
+here; none of them imports another.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelSummary
+from omegaconf import DictConfig
+
+from fruitnet.callbacks import RNGStateCheckpoint
+from fruitnet.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    load_checkpoint,
+    resolve_ckpt_path,
+)
+from fruitnet.config import hydra_choices, instantiate_group, is_multirun, to_primitive
+from fruitnet.models.net_config import load_arch
+from fruitnet.module import ClassifierModule
+from fruitnet.runtime import MALLOC_MODES, configure_malloc, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject switches that Hydra accepts as strings but Python would read as true (norm=maybe)."""
+    for key in ("norm", "train", "test"):
+        value = cfg.get(key)
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
+    if cfg.get("malloc", "auto") not in MALLOC_MODES:
+        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {cfg.malloc!r}")
+    # (fruitnet.search has no optimizer group: its two optimizers are search.* keys)
+    lr = cfg.optimizer.get("lr") if cfg.get("optimizer") is not None else 0.0
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < float("inf"):
+        # Checked before the data is scanned; torch would only refuse it at fit start.
+        raise ValueError(f"optimizer.lr must be a number >= 0, got {lr!r} (e.g. optimizer.lr=1e-3)")
+
+
+def start_run(cfg: DictConfig) -> tuple[Path, str | None]:
+    """Checks shared by train and search, before any data is read: the config, the checkpoint to
+    resume (``ckpt_path``), the seed. Returns the run directory and the resolved checkpoint."""
+    check_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    # Resolved first, so a missing checkpoint fails before the dataset is scanned. In a multirun the
+    # sibling folders are other jobs with other configs: only this job's own folder counts.
+    runs_dir = None if is_multirun() else output_dir.parent
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_dir)
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
+    return output_dir, ckpt_path
+
+
+def build_datamodule(data_cfg: DictConfig, stage: str = "fit") -> Any:
+    """The datamodule, set up: the model needs num_classes and input_size before Lightning would
+    call these itself."""
+    dm = hydra.utils.instantiate(data_cfg)
+    dm.prepare_data()
+    dm.setup(stage)
+    return dm
+
+
+def model_kwargs_of(cfg: DictConfig, input_size: int) -> dict[str, Any]:
+    """``model.kwargs``, plus ``model.arch``'s net config (a plain dict, checked against the input
+    size) so that the checkpoint's hparams rebuild the network without the file."""
+    kwargs = to_primitive(cfg.model.get("kwargs")) or {}
+    arch = cfg.model.get("arch")
+    if arch:
+        if cfg.model.name != "proxyless":
+            raise ValueError(f"model.arch is for model=proxyless, not model={cfg.model.name}")
+        kwargs["arch"] = load_arch(arch, input_size)
+    return kwargs
+
+
+def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
+    module = ClassifierModule(
+        model_name=cfg.model.name,
+        num_classes=dm.num_classes,
+        input_size=dm.input_size,
+        optimizer=to_primitive(cfg.optimizer),
+        scheduler=to_primitive(cfg.get("scheduler")) or None,
+        model_kwargs=model_kwargs_of(cfg, dm.input_size),
+        arch_path=str(cfg.model.arch) if cfg.model.get("arch") else None,
+        pretrained=cfg.model.pretrained,
+        weights=cfg.model.get("weights"),
+        class_names=list(dm.class_names),
+        task=dm.task,
+        class_weights=dm.class_weights,
+        label_smoothing=float(cfg.model.get("label_smoothing", 0.0)),
+        preprocess=dm.preprocess,
+        channels_last=bool(cfg.model.get("channels_last", True)),
+        compile=bool(cfg.model.get("compile", False)),
+        data_config=data_record(cfg),
+    )
+    if cfg.get("init_from"):
+        init_weights_from(module, cfg.init_from)
+    return module
+
+
+def data_record(cfg: DictConfig) -> dict[str, Any]:
+    """The data config as the checkpoint keeps it: primitive, resolved, with an absolute root, so
+    `fruitnet.eval ckpt_path=...` evaluates on the training run's data without ``data=``."""
+    node = to_primitive(cfg.data)
+    if node.get("root") is not None:
+        node["root"] = str(Path(node["root"]).expanduser().absolute())
+    return {"preset": hydra_choices()[0].get("data"), "node": node}
+
+
+def init_weights_from(module: ClassifierModule, path: str) -> None:
+    """`init_from=CKPT`: weights only; optimizer, scheduler and epoch start fresh."""
+    state = load_checkpoint(path).get("state_dict")
+    if state is None:
+        raise CheckpointError(f"{path} has no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"init_from={path} does not fit this model: {err}") from err
+    log.info("initialised weights from %s (fresh optimizer)", path)
+
+
+def run_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks, plus the random-state checkpoint, always: without it a resumed
+    run draws other dropout masks than an uninterrupted one."""
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if find_callback(callbacks, RNGStateCheckpoint) is None:
+        callbacks.append(RNGStateCheckpoint())
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None) -> L.Trainer:
+    """The Trainer, with the runtime choices for its device: precision and the host allocator.
+    ``loggers`` None: the config's logger group."""
+    if loggers is None:
+        loggers = instantiate_group(cfg.get("logger"))
+    precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
+    configure_malloc(cfg.get("malloc", "auto"), cfg.trainer.accelerator)
+    extra = {}
+    if cfg.trainer.get("enable_model_summary") is None and not find_callback(
+        callbacks, ModelSummary
+    ):
+        # callbacks.model_summary=null drops the summary; Lightning would add its own default.
+        extra["enable_model_summary"] = False
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=precision,
+        plugins=[AtomicCheckpointIO()],
+        **extra,
+    )
+
+
+def find_callback(callbacks: list, kind: type) -> Any:
+    return next((c for c in callbacks if isinstance(c, kind)), None)

@@ -1,0 +1,78 @@
+"""What a search run prepares before its first step, beyond what `fruitnet.assemble` builds: the
+latency table, timed on the device the run trains on, and the held-out loader of the
+architecture steps."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from fruitnet.data.loading import BatchedDataset, EpochSampler, collate_batch
+from fruitnet.runtime import uses_cuda
+from fruitnet.search.latency import LatencyTable, build_latency_table, calibrate, check_target
+from fruitnet.search.space import SearchConfigError, SearchSpace
+from fruitnet.search.supernet import SuperNet
+
+log = logging.getLogger("fruitnet.search")
+
+
+def latency_device(cfg: DictConfig) -> torch.device:
+    """The device the run trains on, which is the one the latency table is timed on."""
+    if uses_cuda(cfg.trainer.accelerator) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def run_latency_table(
+    cfg: DictConfig, search_cfg: dict[str, Any], space: SearchSpace, dm: Any
+) -> LatencyTable:
+    """The table of ``space`` for the data's class count and input size, calibrated on whole nets
+    unless ``search.latency_calibrate`` is false; a target it cannot reach fails here."""
+    channels_last = bool(cfg.model.get("channels_last", True))
+    probe = SuperNet(space, num_classes=dm.num_classes, input_size=dm.input_size)
+    timing = {
+        "device": latency_device(cfg),
+        "channels_last": channels_last,
+        "warmup": int(search_cfg.get("latency_warmup", 5)),
+        "repeats": int(search_cfg.get("latency_repeats", 30)),
+        "rounds": int(search_cfg.get("latency_rounds", 3)),
+        "cache_dir": Path(cfg.paths.cache_dir) / "latency",
+    }
+    table = build_latency_table(probe, batch=int(search_cfg.get("latency_batch", 1)), **timing)
+    if search_cfg.get("latency_calibrate", True):
+        table = calibrate(table, probe, **timing)
+    target = float(search_cfg["target_latency_ms"])
+    check_target(table, target, str(search_cfg.get("latency_loss", "mul_log")))
+    log.info(
+        "search space: %d mixed edges; latency %.3f .. %.3f ms per batch of %d on %s; target %g ms",
+        sum(space.depths),
+        table.min_ms(),
+        table.max_ms(),
+        table.meta["batch"],
+        table.meta["device"],
+        target,
+    )
+    return table
+
+
+def arch_loader(dm: Any, seed: int) -> DataLoader:
+    """Batches of the held-out split for the architecture steps, reshuffled every pass."""
+    if dm.val_set is None or len(dm.val_set) == 0:
+        raise SearchConfigError(
+            "the architecture steps need a held-out split: set data.val_fraction > 0 "
+            "(it is carved from the training split; the test split is never used)"
+        )
+    batch = min(int(dm.batch_size), len(dm.val_set))
+    return DataLoader(
+        BatchedDataset(dm.val_set),
+        batch_size=batch,
+        sampler=EpochSampler(len(dm.val_set), seed + 7919),
+        collate_fn=collate_batch,
+        num_workers=0,
+        drop_last=len(dm.val_set) > batch,
+    )
