@@ -15,11 +15,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from fruitnet.files import atomic_path
+
 __all__ = [
     "confusion_matrix_figure",
     "mistakes_figure",
     "most_confused_classes",
     "save_figure",
+    "shorten",
     "top_confusions",
 ]
 
@@ -27,16 +30,25 @@ __all__ = [
 MAX_LABELLED_CLASSES = 30
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100, *, tight: bool = True) -> Path:
+    """``fig`` on a white background, written atomically (the format from the file's suffix);
+    ``tight`` crops the empty margin, off for figures whose layout already fills the canvas."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    with atomic_path(path) as tmp:
+        fig.savefig(
+            tmp,
+            format=path.suffix.lstrip(".").lower() or "png",
+            dpi=dpi,
+            bbox_inches="tight" if tight else None,
+            facecolor="white",
+        )
     return path
 
 
-def _shorten(name: str, width: int) -> str:
-    return name if len(name) <= width else name[: width - 1] + "\u2026"
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut (labels in a figure)."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def top_confusions(
@@ -92,7 +104,7 @@ def confusion_matrix_figure(
     if not idx:  # no errors at all: show the first classes rather than an empty plot
         idx = list(range(max_classes))
     sub, sub_share = cm[np.ix_(idx, idx)], share[np.ix_(idx, idx)]
-    names = [_shorten(class_names[i], 28) for i in idx]
+    names = [shorten(class_names[i], 28) for i in idx]
     n = len(idx)
 
     # Fixed layout in inches (matplotlib's automatic layouts leave aspect-equal matrices floating
@@ -143,7 +155,7 @@ def _confusion_table(ax, pairs: list[tuple[str, str, int, float]]) -> None:
     if not pairs:
         ax.text(0.0, 1.0, "no errors", va="top", fontsize=9)
         return
-    rows = [[_shorten(t, 26), _shorten(p, 26), str(c), f"{s:.0%}"] for t, p, c, s in pairs]
+    rows = [[shorten(t, 26), shorten(p, 26), str(c), f"{s:.0%}"] for t, p, c, s in pairs]
     table = ax.table(
         cellText=rows,
         colLabels=["true class", "predicted as", "n", "share"],
@@ -184,8 +196,8 @@ def mistakes_figure(
         r, c = divmod(i, ncol)
         x = pad + c * (w + pad)
         y = r * (h + pad) + pad - 2
-        true = f"true: {_shorten(true_names[i], chars - 6)}"
-        pred = f"pred: {_shorten(pred_names[i], chars - 14)} ({probs[i]:.2f})"
+        true = f"true: {shorten(true_names[i], chars - 6)}"
+        pred = f"pred: {shorten(pred_names[i], chars - 14)} ({probs[i]:.2f})"
         ax.text(x, y - 13 / scale, true, fontsize=8, va="bottom", ha="left")
         ax.text(x, y, pred, fontsize=8, va="bottom", ha="left", color="#c00000")
     fig.suptitle(title or f"{n} most confident mistakes", fontsize=11, y=1.0, va="top")

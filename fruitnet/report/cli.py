@@ -1,0 +1,89 @@
+"""The report's command line: print the table, write report.md and report.png (and curves.png)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fruitnet.files import write_text
+from fruitnet.plots import save_figure
+from fruitnet.report.figures import accuracy_vs_size_figure, write_curves
+from fruitnet.report.runs import default_logs_dir, load_runs
+from fruitnet.report.table import markdown_table
+
+
+def write_report(
+    runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike, sources: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """Write report.md (the table) and report.png (accuracy vs size) into out_dir."""
+    out = Path(out_dir)
+    png = save_figure(accuracy_vs_size_figure(runs), out / "report.png", dpi=120, tight=False)
+    lines = [
+        "# fruitnet report",
+        "",
+        f"{len(runs)} run(s), generated {dt.datetime.now().isoformat(timespec='seconds')}"
+        + (f" from {', '.join(f'`{s}`' for s in sources)}" if sources else "")
+        + ".",
+        "",
+        markdown_table(runs),
+        "",
+        "weights MiB: the network's state_dict file (the study's size measure); ckpt MiB: the "
+        "Lightning checkpoint of the best epoch; latency: ms per image at batch 1 on the "
+        "training device; train time: the whole run (fit and test); images/s: training "
+        "throughput.",
+        "",
+        f"![test accuracy vs model size]({png.name})",
+        "",
+    ]
+    return write_text(out / "report.md", "\n".join(lines)), png
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fruitnet.report",
+        description="Table and plot of fruitnet runs (every results.json below the given paths).",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR_OR_GLOB",
+        help="run directories, multirun folders, results.json files or globs "
+        f"(quote globs for the shell); default: {default_logs_dir()}",
+    )
+    parser.add_argument(
+        "--out",
+        default=".",
+        metavar="DIR",
+        help="where report.md and report.png are written (default: the current directory)",
+    )
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="also write curves.png: train/val loss and accuracy per epoch of every run",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sources = args.paths or [str(default_logs_dir())]
+    runs = load_runs(sources)
+    if not runs:
+        where = ", ".join(sources)
+        print(
+            f"fruitnet.report: no results.json found under {where}. Train first "
+            "(e.g. `make train` or `python -m fruitnet.train`), or pass the run directories.",
+            file=sys.stderr,
+        )
+        return 1
+    print(markdown_table(runs))
+    md, png = write_report(runs, args.out, sources)
+    print(f"\n{len(runs)} run(s); wrote {md} and {png}")
+    if args.curves:
+        print(f"wrote {write_curves(runs, Path(args.out) / 'curves.png')}")
+    return 0
