@@ -7,8 +7,8 @@ torchvision ``ImageFolder`` + PIL + ``ToTensor`` over ``Training/``, 10 % carved
 validation, two ``DataLoader`` workers, the study's fp32 network (basic CNN stages conv, ReLU,
 pool), Adam lr 1e-3, a plain for-loop with a validation pass after every epoch. It imports only
 torch, torchvision and the network builder, as the study's script did, and writes the same
-timeline as `clock.EpochClock` (``time.time()`` stamps): the end of the first training step, and
-each epoch's start, end of training batches and end (after validation).
+timeline as `fruitnet.callbacks.measure.EpochClock` (``time.time()`` stamps): the end of the first
+training step, and each epoch's start, end of training batches and end (after validation).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ last.ckpt it resumes from; not the measured numbers."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import sys
@@ -18,61 +18,55 @@ from fruitnet.data import generate_synthetic_fruits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-def _load_recipes():
-    spec = importlib.util.spec_from_file_location("recipes", REPO / "bench" / "recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipes"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-recipes = _load_recipes()
+sys.path.insert(0, str(REPO / "bench"))  # bench/benchlib: the code behind bench/recipes.py
+plan = importlib.import_module("benchlib.recipe_plan")
+runs_mod = importlib.import_module("benchlib.recipe_runs")
+stats = importlib.import_module("benchlib.recipe_stats")
 
 
 def test_stage_caps_split_the_budget_by_epochs_and_end_at_the_budget():
-    assert recipes.stage_caps(90, [20, 20]) == [45.0, 90.0]
-    assert recipes.stage_caps(60, [10, 20]) == [20.0, 60.0]
-    assert recipes.stage_caps(75, [40]) == [75.0]
+    assert stats.stage_caps(90, [20, 20]) == [45.0, 90.0]
+    assert stats.stage_caps(60, [10, 20]) == [20.0, 60.0]
+    assert stats.stage_caps(75, [40]) == [75.0]
     with pytest.raises(ValueError):
-        recipes.stage_caps(60, [20, 0])
+        stats.stage_caps(60, [20, 0])
 
 
 def test_max_time_is_lightnings_format():
-    assert recipes.max_time(90) == "00:00:01:30"
-    assert recipes.max_time(3725.4) == "00:01:02:05"
-    assert recipes.max_time(0.2) == "00:00:00:01"
+    assert stats.max_time(90) == "00:00:01:30"
+    assert stats.max_time(3725.4) == "00:01:02:05"
+    assert stats.max_time(0.2) == "00:00:00:01"
 
 
 def test_spread_and_verdict():
-    s = recipes.spread([0.5, 0.6, 0.7])
+    s = stats.spread([0.5, 0.6, 0.7])
     assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
     assert (s["min"], s["max"], s["n"]) == (0.5, 0.7, 3)
-    assert recipes.spread([0.4])["std"] == 0.0
-    assert math.isnan(recipes.spread([])["mean"])
-    assert "**beats**" in recipes.verdict([0.5, 0.55, 0.6], [0.7, 0.75, 0.8])
+    assert stats.spread([0.4])["std"] == 0.0
+    assert math.isnan(stats.spread([])["mean"])
+    assert "**beats**" in stats.verdict([0.5, 0.55, 0.6], [0.7, 0.75, 0.8])
     # overlapping ranges: better mean, but not beyond the spread
-    assert "**within**" in recipes.verdict([0.5, 0.6, 0.75], [0.7, 0.75, 0.8])
-    assert "**loses**" in recipes.verdict([0.7, 0.8], [0.5, 0.6])
-    assert "one seed" in recipes.verdict([0.5], [0.6])
-    assert "not measured" in recipes.verdict([], [0.6])
+    assert "**within**" in stats.verdict([0.5, 0.6, 0.75], [0.7, 0.75, 0.8])
+    assert "**loses**" in stats.verdict([0.7, 0.8], [0.5, 0.6])
+    assert "one seed" in stats.verdict([0.5], [0.6])
+    assert "not measured" in stats.verdict([], [0.6])
 
 
 def test_combine_stages_sums_times_and_keeps_the_last_stage():
     first = {"epochs": 5, "wall_s": 50.0, "process_s": 60.0, "test_acc": None}
     second = {"epochs": 9, "wall_s": 45.0, "process_s": 55.0, "test_acc": 0.5, "val_acc": 0.6}
-    out = recipes.combine_stages([first, second])
+    out = stats.combine_stages([first, second])
     assert out["test_acc"] == 0.5 and out["epochs"] == 9
     assert out["wall_s"] == 95.0 and out["process_s"] == 115.0
     assert out["stage_epochs"] == [5, 9]
 
 
 def test_command_stage1_is_untested_and_capped(tmp_path):
-    comp = next(c for c in recipes.COMPARISONS if c.key == "chest_cnn")
-    cmd = recipes.command(comp, comp.study, 0, 1, tmp_path / "data", tmp_path / "run", 20.0)
+    comp = next(c for c in plan.COMPARISONS if c.key == "chest_cnn")
+    cmd = runs_mod.command(comp, comp.study, 0, 1, tmp_path / "data", tmp_path / "run", 20.0)
     assert "experiment=chest_cnn_stage1" in cmd and "data=folder" in cmd
     assert "trainer.max_time=00:00:00:20" in cmd and "test=false" in cmd and "seed=1" in cmd
-    last = recipes.command(comp, comp.study, 1, 1, tmp_path / "data", tmp_path / "run", 40.0)
+    last = runs_mod.command(comp, comp.study, 1, 1, tmp_path / "data", tmp_path / "run", 40.0)
     assert "test=false" not in last and "experiment=chest_cnn_stage2" in last
 
 
@@ -90,7 +84,7 @@ def test_curves_join_the_stages_into_one_line(tmp_path):
     stage1 = _metrics_csv(tmp_path / "s1", range(0, 2), 2.0)
     stage2 = _metrics_csv(tmp_path / "s2", range(2, 4), 2.0)  # a resumed run goes on counting
     other = _metrics_csv(tmp_path / "b", range(0, 3), 1.0)
-    rows = [recipes.joined_rows([stage1, stage2]), recipes.joined_rows([other])]
+    rows = [runs_mod.joined_rows([stage1, stage2]), runs_mod.joined_rows([other])]
     runs = [{"label": "study s0", "color": "#1f77b4"}, {"label": "best s0", "color": "#ff7f0e"}]
     png = report.write_curves(runs, tmp_path / "out" / "c.png", rows=rows, title="t")
     assert png.read_bytes().startswith(PNG_MAGIC)
@@ -207,7 +201,7 @@ def test_load_runs_reads_stages_and_shared_study_runs(tmp_path):
     # seed 1 of the study never finished its stage 2: left out, not half-read
     write("fruits_cnn/study_seed1/stage1", epochs=3, wall_s=40.0, test_acc=None)
     manifest = {"comparisons": [{"key": "fruits_cnn_budget", "budget_s": 75, "seeds": [0, 1]}]}
-    done, runs = recipes._load_manifest(tmp_path, manifest)
+    done, runs = runs_mod.load_manifest(tmp_path, manifest)
     assert [c.key for c in done] == ["fruits_cnn_budget"] and done[0].seeds == (0, 1)
     study, best = runs["fruits_cnn_budget"]["study"], runs["fruits_cnn_budget"]["best"]
     assert len(study) == 1 and study[0]["wall_s"] == 81.0 and study[0]["stage_epochs"] == [3, 6]
