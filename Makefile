@@ -29,9 +29,9 @@ train: $(STAMP) ## basic CNN on the embedded synthetic data, CPU, 2 epochs (ARGS
 	$(PY) -m fruitnet.train trainer=cpu trainer.max_epochs=2 $(ARGS)
 
 test: $(STAMP) ## the test suite (CPU, slow tests excluded); pytest's "no tests" exit 5 fails too
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(ARGS)
 
-test-slow: $(STAMP) ## only the slow tests (real-data chains, notebook execution)
+test-slow: $(STAMP) ## only the slow tests (real-data chains, notebook execution, the benchmark quick run)
 	$(PY) -m pytest -m slow $(ARGS)
 
 test-all: $(STAMP) ## every test

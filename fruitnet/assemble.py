@@ -25,30 +25,15 @@ from fruitnet.checkpoints import (
 from fruitnet.config import hydra_choices, instantiate_group, is_multirun, to_primitive
 from fruitnet.models.net_config import load_arch
 from fruitnet.module import ClassifierModule
-from fruitnet.runtime import MALLOC_MODES, configure_malloc, resolve_precision
+from fruitnet.runtime import configure_malloc, resolve_precision
 
 log = logging.getLogger(__name__)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Reject switches that Hydra accepts as strings but Python would read as true (norm=maybe)."""
-    for key in ("norm", "train", "test"):
-        value = cfg.get(key)
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
-    if cfg.get("malloc", "auto") not in MALLOC_MODES:
-        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {cfg.malloc!r}")
-    # (fruitnet.search has no optimizer group: its two optimizers are search.* keys)
-    lr = cfg.optimizer.get("lr") if cfg.get("optimizer") is not None else 0.0
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < float("inf"):
-        # Checked before the data is scanned; torch would only refuse it at fit start.
-        raise ValueError(f"optimizer.lr must be a number >= 0, got {lr!r} (e.g. optimizer.lr=1e-3)")
-
-
 def start_run(cfg: DictConfig) -> tuple[Path, str | None]:
-    """Checks shared by train and search, before any data is read: the config, the checkpoint to
-    resume (``ckpt_path``), the seed. Returns the run directory and the resolved checkpoint."""
-    check_config(cfg)
+    """What train and search do before any data is read, once `config.check_config` passed: the
+    checkpoint to resume (``ckpt_path``), the seed. Returns the run directory and the resolved
+    checkpoint."""
     output_dir = Path(cfg.paths.output_dir)
     # Resolved first, so a missing checkpoint fails before the dataset is scanned. In a multirun the
     # sibling folders are other jobs with other configs: only this job's own folder counts.

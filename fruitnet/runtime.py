@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from fruitnet.settings import MALLOC_MODES
+
 log = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-MALLOC_MODES = ("auto", "reuse", "system")
 # glibc's mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -33,11 +34,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
-    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX); autocast to bf16
-    is then several times faster than fp32. Without them bf16 is emulated and slower."""
+def cpu_has_fast_bf16(flags: set[str] | None = None, capability: str | None = None) -> bool:
+    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX) and torch runs its
+    AVX-512 kernels; autocast to bf16 is then several times faster than fp32. Without them bf16
+    is emulated and slower: on an older CPU, and where torch is held to its AVX2 kernels
+    (``ATEN_CPU_CAPABILITY=avx2``, which is how to check this machine's fp32 path)."""
     flags = cpu_flags() if flags is None else flags
-    return any(f in flags for f in _BF16_CPU_FLAGS)
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return capability.startswith("AVX512") and any(f in flags for f in _BF16_CPU_FLAGS)
 
 
 def uses_cuda(accelerator: str | None) -> bool:

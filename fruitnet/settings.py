@@ -1,12 +1,11 @@
 """Rules that more than one module reads, each defined once: the environment switches, which file
-names are images, and which folder names are never data."""
+names are images, which folder names are never data, the allocator modes. Imports nothing heavy,
+so a command can check its config before torch and Lightning load."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 # FRUITNET_OFFLINE=1|true|yes|on: no dataset or weights download is tried; each says what to fetch
 # by hand instead. Read by both downloaders through `is_offline`.
@@ -18,8 +17,13 @@ CACHE_ENV = "FRUITNET_CACHE"
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
-# torchvision's ImageFolder list, so a folder fruitnet scans holds the images ImageFolder would load.
-IMAGE_EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)
+# torchvision's ImageFolder list (tests/test_settings.py checks they agree), so a folder fruitnet
+# scans holds the images ImageFolder would load. Written out: this module imports nothing heavy.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# `malloc=`: reuse = keep freed memory for reuse, system = glibc's defaults, auto = reuse on a CPU
+# run (fruitnet.runtime.configure_malloc)
+MALLOC_MODES = ("auto", "reuse", "system")
 
 # Folders that archives and operating systems add beside the data; never classes, never splits.
 # Compared in lower case. Hidden folders (a leading dot) are skipped as well, see `is_junk_dir`.

@@ -15,19 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from fruitnet.assemble import (
-    build_datamodule,
-    build_module,
-    build_trainer,
-    find_callback,
-    run_callbacks,
-    start_run,
-)
-from fruitnet.callbacks import ModelSizeCallback, TrainThroughput
-from fruitnet.config import CONFIG_PATH, hydra_choices, run_entry
-from fruitnet.files import file_mib
-from fruitnet.record import model_values, run_record, test_metrics, write_record
-from fruitnet.runtime import device_name
+from fruitnet.config import CONFIG_PATH, check_config, hydra_choices, run_entry
 
 log = logging.getLogger("fruitnet.train")
 
@@ -35,11 +23,16 @@ log = logging.getLogger("fruitnet.train")
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test as configured; returns the results written to results.json."""
     started = time.perf_counter()
-    output_dir, ckpt_path = start_run(cfg)
-    dm = build_datamodule(cfg.data)
-    module = build_module(cfg, dm)
-    callbacks = run_callbacks(cfg)
-    trainer = build_trainer(cfg, callbacks)
+    check_config(cfg)
+    # Loaded after the config checks: torch and Lightning take 5 s to import on a 2-core CPU,
+    # and `--help`, `--cfg job` or a bad value answer without them.
+    from fruitnet import assemble, record
+
+    output_dir, ckpt_path = assemble.start_run(cfg)
+    dm = assemble.build_datamodule(cfg.data)
+    module = assemble.build_module(cfg, dm)
+    callbacks = assemble.run_callbacks(cfg)
+    trainer = assemble.build_trainer(cfg, callbacks)
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -60,43 +53,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "no best checkpoint (fast_dev_run or checkpointing off): testing current weights"
             )
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True)
-        metrics = test_metrics(trainer.callback_metrics, list(dm.class_names), module.test_details)
+        metrics = record.test_metrics(
+            trainer.callback_metrics, list(dm.class_names), module.test_details
+        )
 
-    size = find_callback(callbacks, ModelSizeCallback)
-    speed = find_callback(callbacks, TrainThroughput)
-    choices, overrides = hydra_choices()
-    results = run_record(
-        {
-            **model_values(module.hparams),
-            "data": choices.get("data", "?"),
-            "experiment": choices.get("experiment"),
-            "data_root": str(cfg.data.root),
-            "layout": getattr(dm, "layout", None),
-            "norm": bool(cfg.norm),
-            "class_names": list(dm.class_names),
-            "batch_size": cfg.data.batch_size,
-            "seed": cfg.seed,
-            "weights_source": getattr(module.net, "weights_source", None),
-            **(size.stats if size is not None else {}),
-            "checkpoint_mb": file_mib(best),
-            "val_acc": float(val_best) if val_best is not None else None,
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "wall_s": time.perf_counter() - started,
-            "train_images_per_s": speed.images_per_s if speed is not None else None,
-            "device": device_name(cfg.trainer.accelerator),
-            "precision": str(trainer.precision),
-            "best_ckpt": best,
-            "last_ckpt": last,
-            "resumed_from": ckpt_path,
-            "run_dir": str(output_dir),
-            "overrides": overrides,
-            "task_name": cfg.get("task_name", "train"),
-        },
-        metrics,
-    )
+    values = {
+        "val_acc": float(val_best) if val_best is not None else None,
+        "best_ckpt": best,
+        "last_ckpt": last,
+        "resumed_from": ckpt_path,
+        "run_dir": str(output_dir),
+        "wall_s": time.perf_counter() - started,
+    }
+    results = record.run_record(run_values(cfg, dm, module, trainer, callbacks, values), metrics)
     if trainer.is_global_zero:
-        path = write_record(output_dir, results)
+        path = record.write_record(output_dir, results)
         acc = results["test_acc"]
         log.info(
             "test accuracy %s; results in %s",
@@ -104,6 +75,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             path,
         )
     return results
+
+
+def run_values(cfg, dm, module, trainer, callbacks, values: dict[str, Any]) -> dict[str, Any]:
+    """The record's values of a training run: the config, the data, the model's size and the
+    trainer's counters, with ``values`` (what `run` read along the way)."""
+    from fruitnet.assemble import find_callback
+    from fruitnet.callbacks import ModelSizeCallback, TrainThroughput
+    from fruitnet.files import file_mib
+    from fruitnet.record import model_values
+    from fruitnet.runtime import device_name
+
+    size = find_callback(callbacks, ModelSizeCallback)
+    speed = find_callback(callbacks, TrainThroughput)
+    choices, overrides = hydra_choices()
+    return {
+        **model_values(module.hparams),
+        "data": choices.get("data", "?"),
+        "experiment": choices.get("experiment"),
+        "data_root": str(cfg.data.root),
+        "layout": getattr(dm, "layout", None),
+        "norm": bool(cfg.norm),
+        "class_names": list(dm.class_names),
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "weights_source": getattr(module.net, "weights_source", None),
+        **(size.stats if size is not None else {}),
+        "checkpoint_mb": file_mib(values["best_ckpt"]),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_images_per_s": speed.images_per_s if speed is not None else None,
+        "device": device_name(cfg.trainer.accelerator),
+        "precision": str(trainer.precision),
+        "overrides": overrides,
+        "task_name": cfg.get("task_name", "train"),
+        **values,
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from fruitnet.callbacks.progress import CompactRichProgressBar, _no_wrap
-from fruitnet.config import error_line
+from fruitnet.config import error_line, run_entry
 
 # 10 classes x 30 images at 32 px, batch 16: 17 steps an epoch (more than log_every_n_steps, so
 # Lightning has nothing to say about the logging interval), a few seconds on two cores.
@@ -125,10 +125,15 @@ def test_a_negative_learning_rate_is_one_line_without_a_traceback(tmp_path):
     assert "data: " not in out
     assert not list(tmp_path.rglob("*.ckpt"))
 
-    rc, out = run_cli("fruitnet.train", *args, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
-    assert rc == 1
-    assert "Traceback (most recent call last)" in out
-    assert "ValueError: optimizer.lr must be a number >= 0, got -1" in out
+
+def test_hydra_full_error_lets_the_exception_through(tmp_path, monkeypatch):
+    """HYDRA_FULL_ERROR=1: the error propagates, so Hydra prints the whole traceback."""
+    from fruitnet.train import run
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    cfg = compose_cfg([*SMALL, "optimizer.lr=-1"], tmp_path)
+    with pytest.raises(ValueError, match="optimizer.lr must be a number >= 0, got -1"):
+        run_entry(run, cfg)
 
 
 def test_a_bad_override_is_hydras_message_without_a_traceback(tmp_path):

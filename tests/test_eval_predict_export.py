@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import cli, compose_cfg, read_results, train
+from helpers import TRAINED_DATA, cli, compose_cfg, read_results, train
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -26,11 +26,8 @@ from fruitnet.export import run as run_export
 from fruitnet.predict import PredictInputError, Predictor
 from fruitnet.predict import run as run_predict
 
-# The synthetic set of the training run; eval must see the same one.
-SYNTHETIC = ["data=synthetic", "data.train_per_class=20", "data.test_per_class=8"]
-# Small batches so two epochs are ~20 steps: the model learns something, and its predictions
-# are not all one class (which would make "same accuracy" a weak check).
-TRAIN = [*SYNTHETIC, "trainer.max_epochs=2", "data.batch_size=16"]
+# The synthetic set of the training run (conftest.trained_cnn); eval must see the same one.
+SYNTHETIC = TRAINED_DATA
 EVAL_FAST = ["trainer=cpu", "data.num_workers=0", "verbose=false"]
 
 
@@ -49,17 +46,8 @@ def assert_png(path: str | Path, min_side: int = 300) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir) -> SimpleNamespace:
-    run_dir = tmp_path_factory.mktemp("train")
-    results = train(TRAIN, run_dir, data_dir)
-    ckpt = Path(results["best_ckpt"])
-    dm = SyntheticDataModule(
-        root=data_dir / "synthetic", train_per_class=20, test_per_class=8, num_workers=0
-    )
-    dm.setup("test")
-    return SimpleNamespace(
-        run_dir=run_dir, results=results, ckpt=ckpt, test_paths=dm.test_set.paths
-    )
+def trained(trained_cnn) -> SimpleNamespace:
+    return trained_cnn
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Device-dependent defaults: precision auto, the host allocator, device names, checkpoint paths."""
+"""Device-dependent defaults: precision auto, the host allocator, device names."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from fruitnet import runtime
 )
 def test_precision_auto_on_cpu_follows_bf16_flags(monkeypatch, flags, expected):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert runtime.resolve_precision("auto", "cpu") == expected
+
+
+def test_precision_auto_is_fp32_where_torch_runs_its_avx2_kernels(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 on a BF16 CPU: bf16 would be emulated."""
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert runtime.resolve_precision("auto", "cpu") == "32-true"
 
 
 @pytest.mark.parametrize(("capability", "expected"), [((8, 0), "bf16-mixed"), ((7, 5), "32-true")])
@@ -40,38 +48,29 @@ def test_explicit_precision_is_kept():
 def test_cpu_flags_reads_this_machine():
     flags = runtime.cpu_flags()
     assert isinstance(flags, set)
-    assert runtime.cpu_has_fast_bf16(flags) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    expected = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert runtime.cpu_has_fast_bf16(flags, "AVX512") == expected
+    assert runtime.cpu_has_fast_bf16(flags, "AVX2") is False
 
 
-def test_ckpt_path_last_prefers_own_run_then_newest_earlier(tmp_path):
-    runs = tmp_path / "runs"
-    old, new, own = runs / "a", runs / "b", runs / "c"
-    for d in (old, new):
-        (d / "checkpoints").mkdir(parents=True)
-        torch.save({"state_dict": {}}, d / "checkpoints" / "last.ckpt")
-    assert runtime.resolve_ckpt_path("last", own, runs) == str(new / "checkpoints" / "last.ckpt")
-    with pytest.raises(runtime.CheckpointError, match="no checkpoint"):
-        runtime.resolve_ckpt_path("last", own, None)  # a multirun job looks only at itself
-    (own / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {}}, own / "checkpoints" / "last.ckpt")
-    assert runtime.resolve_ckpt_path("last", own, runs) == str(own / "checkpoints" / "last.ckpt")
-
-
-# A 64 MiB buffer (over glibc's largest mmap threshold) allocated, filled and freed 5 times:
-# page faults of the last 4 rounds, after the first one has warmed the allocator.
+# A 64 MiB buffer (over glibc's largest mmap threshold) allocated, filled and freed: the page
+# faults of 6 rounds with glibc's defaults, then of 6 rounds after malloc=reuse, in one process
+# (glibc's defaults come first: reuse cannot be undone). Six warm-up rounds before each count:
+# the heap can still grow in the first ones (the intra-op thread pool, torch's lazy one-time
+# allocations land above the freed block); after that it is steady.
 _FAULTS = """
 import resource, sys, torch
 from fruitnet.runtime import configure_malloc
-print(configure_malloc(sys.argv[1], "cpu"))
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-# Two warm-up steps: the heap can still grow once in the second (the intra-op thread pool
-# starts in the first step's sum and its allocations can land above the freed block).
-for i in range(8):
-    if i == 2:
-        start = faults()
-    torch.ones(16 * 2**20).sum()
-print(faults() - start)
+def rounds():
+    for i in range(12):
+        if i == 6:
+            start = faults()
+        torch.ones(16 * 2**20).sum()
+    return faults() - start
+print(configure_malloc("system", "cpu"), rounds())
+print(configure_malloc("reuse", "cpu"), rounds())
 """
 
 
@@ -80,13 +79,13 @@ print(faults() - start)
     reason="mallopt is glibc's",
 )
 def test_malloc_reuse_stops_the_page_faults_of_big_tensors():
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
     out = {}
-    for mode in ("system", "reuse"):
-        proc = subprocess.run(
-            [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 0, proc.stderr
-        applied, faults = proc.stdout.split()
+    for mode, line in zip(("system", "reuse"), proc.stdout.splitlines(), strict=True):
+        applied, faults = line.split()
         out[mode] = (applied == "True", int(faults))
     # 6 x 64 MiB of fresh pages is 98,304 faults of 4 KiB; reused memory faults almost never.
     assert out["system"][0] is False and out["system"][1] > 50_000, out

@@ -19,18 +19,21 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from fruitnet.assemble import build_datamodule, build_trainer, run_callbacks, start_run
-from fruitnet.config import CONFIG_PATH, run_entry, to_primitive
-from fruitnet.search.module import SearchModule
-from fruitnet.search.prepare import arch_loader, run_latency_table
-from fruitnet.search.report import run_values, write_outputs
-from fruitnet.search.space import SearchSpace
+from fruitnet.config import CONFIG_PATH, check_config, run_entry, to_primitive
 
 log = logging.getLogger("fruitnet.search")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
+    check_config(cfg)
+    # Loaded after the config checks, as in fruitnet.train: `--cfg job` needs no torch.
+    from fruitnet.assemble import build_datamodule, build_trainer, run_callbacks, start_run
+    from fruitnet.search.module import SearchModule
+    from fruitnet.search.prepare import arch_loader, run_latency_table
+    from fruitnet.search.report import run_values, write_outputs
+    from fruitnet.search.space import SearchSpace
+
     output_dir, ckpt_path = start_run(cfg)
     search_cfg = to_primitive(cfg.search)
     space = SearchSpace.from_config(search_cfg)  # bad op names etc. fail here, before the data

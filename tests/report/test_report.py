@@ -40,6 +40,13 @@ def multirun(tmp_path_factory, data_dir) -> Path:
     return sweep
 
 
+def test_a_multirun_writes_one_results_json_per_job(multirun):
+    """`python -m fruitnet.train -m model=cnn,proxyless`: one job folder per model."""
+    models = sorted(json.loads(p.read_text())["model"] for p in multirun.glob("*/results.json"))
+    assert models == ["cnn", "proxyless"]
+    assert (multirun / "multirun.yaml").is_file()
+
+
 def _rows(table: str) -> list[list[str]]:
     lines = [line for line in table.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
@@ -91,14 +98,14 @@ def test_default_is_every_run_under_logs(multirun, tmp_path, monkeypatch, capsys
     assert report.default_logs_dir() == multirun.parents[3] / "logs"
 
 
-def test_no_results_is_a_clear_error(tmp_path):
+def test_no_results_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    proc = cli("-m", "fruitnet.report", str(tmp_path / "empty"), "--out", str(tmp_path))
-    assert proc.returncode == 1
-    assert "no results.json found under" in proc.stderr and str(tmp_path / "empty") in proc.stderr
+    assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no results.json found under" in err and str(tmp_path / "empty") in err
     assert not (tmp_path / "report.md").exists()
-    proc = cli("-m", "fruitnet.report", str(tmp_path / "nope-*"), "--out", str(tmp_path))
-    assert proc.returncode == 1 and "no results.json" in proc.stderr
+    assert report.main([str(tmp_path / "nope-*"), "--out", str(tmp_path)]) == 1
+    assert "no results.json" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- unit tests

@@ -19,7 +19,7 @@ from fruitnet.data import SyntheticDataModule
 from fruitnet.eval import run as run_eval
 from fruitnet.predict import Predictor
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy_cnn.ckpt"
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy_cnn.ckpt"
 CLASSES = ["Synthetic Apple Red", "Synthetic Banana Yellow", "Synthetic Orange"]
 SYNTHETIC = [
     "data=synthetic", "data.num_classes=3", "data.image_size=16", "data.train_per_class=10",

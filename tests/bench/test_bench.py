@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 import sys
 
+import pytest
 from helpers import REPO, cli
 
 sys.path.insert(0, str(REPO / "bench"))  # bench/benchlib, bench/study_loop.py
 common = importlib.import_module("benchlib.common")
 
 
+@pytest.mark.slow  # a whole benchmark run in a subprocess: 50 s idle, 2 min beside other tests
 def test_bench_quick_writes_the_report(tmp_path, shared_data):
     out = tmp_path / "RESULTS.md"
     proc = cli(

@@ -134,7 +134,7 @@ def test_module_entry_point_offline(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         timeout=60,
     )
     assert proc.returncode == 2

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from helpers import REPO, read_results
@@ -56,19 +55,9 @@ RUN_TIMEOUT_S = 240
 # steps after the first checkpoint even when this test process is scheduled late on a busy machine.
 PACE_S = 0.1
 PACE = [
-    f"+callbacks.pace._target_={Path(__file__).stem}.Pace",
+    "+callbacks.pace._target_=helpers.Pace",
     f"+callbacks.pace.seconds={PACE_S}",
 ]
-
-
-class Pace(L.Callback):
-    """Sleeps after every training step: slows the run down without changing any number."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        time.sleep(self.seconds)
 
 
 def _generate(data_dir: Path) -> None:
@@ -79,8 +68,8 @@ def _generate(data_dir: Path) -> None:
 def _start(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.out"
-    # tests/ on the path: the subprocess imports Pace from this module.
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    # tests/ on the path: the subprocess imports Pace from tests/helpers.py.
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FRUITNET_OFFLINE": "1", "PYTHONPATH": path}
     cmd = [
         sys.executable,

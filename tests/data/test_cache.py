@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as F
 
 from fruitnet.data.cache import DecodedImageCache, cache_digest, default_cache_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 64
 
 
@@ -245,7 +245,7 @@ def _build_script(tree, tmp_path, cache_dir, log, sleep) -> str:
     listing = tmp_path / "listing.txt"
     listing.write_text("\n".join(map(str, tree)))
     return _BUILD_SCRIPT.format(
-        tests=str(REPO / "tests"),
+        tests=str(Path(__file__).parent),
         listing=str(listing),
         log=str(log),
         sleep=sleep,

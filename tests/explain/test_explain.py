@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose_cfg, train
+from helpers import compose_cfg
 from PIL import Image
 from torch import nn
 
@@ -192,19 +192,14 @@ def _varied_images(root: Path) -> list[str]:
 
 
 @needs_captum
-def test_predict_explain_writes_one_overlay_per_image(data_dir, tmp_path):
-    results = train(
-        ["data=synthetic", "data.train_per_class=4", "data.test_per_class=2",
-         "trainer.max_epochs=1"],
-        tmp_path / "train", data_dir,
-    )  # fmt: skip
+def test_predict_explain_writes_one_overlay_per_image(trained_cnn, data_dir, tmp_path):
     photos = tmp_path / "photos"
     expected = _varied_images(photos)
     from fruitnet.predict import run as run_predict
 
     output = tmp_path / "out" / "preds.json"
     overrides = [
-        f"ckpt_path={results['best_ckpt']}", f"input={photos}", f"output={output}",
+        f"ckpt_path={trained_cnn.ckpt}", f"input={photos}", f"output={output}",
         "explain=true", "batch_size=3",
     ]  # fmt: skip
     rows = run_predict(compose_cfg(overrides, tmp_path / "run", data_dir, config_name="predict"))
