@@ -35,6 +35,7 @@ from fruitnet.models.proxyless import (
     LinearLayer,
     MBInvertedConvLayer,
     MobileInvertedResidualBlock,
+    ProxylessNASNets,
     ZeroLayer,
     conv_bn,
     init_he_fout,
@@ -299,14 +300,9 @@ class SuperNet(nn.Module):
     def chosen(self) -> list[str]:
         return [e.names[int(e.alpha.detach().argmax())] for e in self.edges]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first_conv(x)
-        for block in self.blocks:
-            x = block(x)
-        if self.feature_mix_layer is not None:
-            x = self.feature_mix_layer(x)
-        x = self.global_avg_pool(x)
-        return self.classifier(torch.flatten(x, 1))
+    # The supernet names its layers as the finished net does (first_conv, blocks, feature_mix_layer,
+    # global_avg_pool, classifier), so one forward serves both.
+    forward = ProxylessNASNets.forward
 
     # -- export --------------------------------------------------------------------------------
 
