@@ -15,7 +15,9 @@ DATASET ?= fruits
 .PHONY: help install train test test-slow test-all lint format clean data sizes bench bench-recipes bench-search search search-retrain report eval predict export notebook
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -v venv='$(VENV)' 'BEGIN {FS = ":.*## "} \
+		{ gsub(/\$$\(VENV\)/, venv, $$2); name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+		END { for (i = 1; i <= NR; i++) printf "  %-" w "s  %s\n", name[i], text[i] }'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -16,12 +16,9 @@ from lightning.pytorch.callbacks import ModelSummary
 from omegaconf import DictConfig
 
 from fruitnet.callbacks import RNGStateCheckpoint
-from fruitnet.checkpoints import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    load_checkpoint,
-    resolve_ckpt_path,
-)
+from fruitnet.callbacks.progress import StepLogInterval
+from fruitnet.checkpoint_io import AtomicCheckpointIO
+from fruitnet.checkpoints import CheckpointError, load_checkpoint, resolve_ckpt_path
 from fruitnet.config import hydra_choices, instantiate_group, is_multirun, to_primitive
 from fruitnet.models.net_config import load_arch
 from fruitnet.module import ClassifierModule
@@ -123,7 +120,8 @@ def run_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None) -> L.Trainer:
     """The Trainer, with the runtime choices for its device: precision and the host allocator.
-    ``loggers`` None: the config's logger group."""
+    ``loggers`` None: the config's logger group. `StepLogInterval` keeps the step-logging
+    interval within an epoch: Lightning knows the number of batches only once fit starts."""
     if loggers is None:
         loggers = instantiate_group(cfg.get("logger"))
     precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
@@ -134,6 +132,8 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None)
     ):
         # callbacks.model_summary=null drops the summary; Lightning would add its own default.
         extra["enable_model_summary"] = False
+    if not find_callback(callbacks, StepLogInterval):
+        callbacks = [*callbacks, StepLogInterval()]
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,

@@ -114,10 +114,50 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be true or false, got {value!r} (e.g. {key}=true)")
     if cfg.get("malloc", "auto") not in MALLOC_MODES:
         raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {cfg.malloc!r}")
+    _check_trainer(cfg.get("trainer"))
     # (fruitnet.search has no optimizer group: its two optimizers are search.* keys)
     lr = cfg.optimizer.get("lr") if cfg.get("optimizer") is not None else 0.0
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < float("inf"):
         raise ValueError(f"optimizer.lr must be a number >= 0, got {lr!r} (e.g. optimizer.lr=1e-3)")
+
+
+# trainer.<key>: the smallest integer Lightning accepts (None is always fine), and what it means.
+_TRAINER_COUNTS = {
+    "max_epochs": (-1, " (-1: no limit)"),
+    "max_steps": (-1, " (-1: no limit)"),
+    "min_epochs": (0, ""),
+    "min_steps": (0, ""),
+    "log_every_n_steps": (0, ""),
+    "check_val_every_n_epoch": (1, ""),
+    "accumulate_grad_batches": (1, ""),
+}
+
+
+def _check_trainer(trainer: DictConfig | None) -> None:
+    """The trainer's counts, checked before any data is read; Lightning would stop at fit start
+    with a `MisconfigurationException:` line instead."""
+    if not trainer:
+        return
+    for key, (least, meaning) in _TRAINER_COUNTS.items():
+        value = trainer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(
+                f"trainer.{key} must be an integer >= {least}{meaning}, got {value!r} "
+                f"(e.g. trainer.{key}={max(least, 1)})"
+            )
+    for split in ("train", "val", "test", "predict"):
+        key = f"limit_{split}_batches"
+        value = trainer.get(key)
+        if value is None:
+            continue
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not whole and not (isinstance(value, float) and 0.0 <= value <= 1.0):
+            raise ValueError(
+                f"trainer.{key} must be a number of batches (an integer >= 0) or a fraction of "
+                f"them (0.0 to 1.0), got {value!r}"
+            )
 
 
 # Errors that are about the user's input (a value, a file, the data): their message is the line.

@@ -4,14 +4,18 @@
         data=fruits data.root=/data/fruits-360
 
 Writes into the run directory (logs/eval/runs/<timestamp>/):
-  results.json           same keys as training's (`fruitnet.record`), plus eval's own
+  results.json           kind "eval": what this evaluation measured (`fruitnet.record.EVAL_KEYS`),
+                         with the checkpoint's training run and its key numbers under `trained`
   confusion_matrix.png   labelled; above 30 classes the most-confused ones plus a table
   per_class.csv          support, precision, recall, f1, accuracy per class
   mistakes.png           the most confident mistakes (true / predicted + probability); with
-                         explain on, one row each: image, Grad-CAM for the predicted class and
-                         for the true class
+                         explain on, one row each: the image and its Grad-CAM maps: for the
+                         predicted and the true class, or for two classes one signed map of
+                         logit(predicted) - logit(true) (red: evidence for the predicted class,
+                         blue: for the true one)
   mistakes.csv           every mistake, most confident first, with its file
-  cam_mean.png           two-class tasks, explain on: mean Grad-CAM per class (`fruitnet.explain`)
+  cam_mean.png           two-class tasks, explain on: per class, the mean signed map of
+                         logit(class) - logit(other class) over its test images
 
 `explain=auto` (the default) makes the Grad-CAM maps when the explain extra is installed
 (`pip install 'fruitnet[explain]'`), and otherwise says so in one line.
@@ -46,7 +50,13 @@ from fruitnet.eval_data import check_classes, checkpoint_norm, data_config, use_
 from fruitnet.files import file_mib
 from fruitnet.models import profile
 from fruitnet.module import ClassifierModule
-from fruitnet.record import model_values, run_record, test_metrics, write_record
+from fruitnet.record import (
+    model_values,
+    run_record,
+    test_metrics,
+    trained_values,
+    write_record,
+)
 from fruitnet.runtime import device_name
 
 log = logging.getLogger("fruitnet.eval")
@@ -111,18 +121,20 @@ def write_artifacts(
         log.info("no mistakes on the test split: no mistakes.png")
     artifacts["cam_mean_png"] = None
     if explainer is not None and len(names) == 2:
+        # Signed maps of the logit difference: the ReLU'd map of a class that is only the
+        # absence of the other's evidence (NORMAL vs PNEUMONIA) is zero everywhere.
         mean_images, mean_maps, counts = cam.class_mean_maps(
             explainer, dm.test_set, labels, len(names),
-            limit=int(cfg.get("explain_images", 200)), batch_size=dm.batch_size,
+            limit=int(cfg.get("explain_images", 200)), batch_size=dm.batch_size, contrast=True,
         )  # fmt: skip
-        fig = cam.mean_map_figure(mean_images, mean_maps, names, counts)
+        fig = cam.mean_map_figure(mean_images, mean_maps, names, counts, signed=True)
         artifacts["cam_mean_png"] = str(plots.save_figure(fig, out / "cam_mean.png"))
     return artifacts, len(wrong)
 
 
 def mistakes_figure(shown, total, dm, labels, names, explainer):
     """The most confident mistakes; with an explainer, each with its Grad-CAM maps for the
-    predicted and the true class."""
+    predicted and the true class, or for two classes the signed map of their logit difference."""
     images = torch.stack([dm.test_set[i][0] for i, _, _ in shown])
     true_idx = [int(labels[i]) for i, _, _ in shown]
     pred_idx = [p for _, p, _ in shown]
@@ -132,14 +144,10 @@ def mistakes_figure(shown, total, dm, labels, names, explainer):
     if explainer is None:
         return plots.mistakes_figure(images, *texts, probs_shown, title=title)
     batch = dm.batch_size
-    return cam.mistakes_cam_figure(
-        images,
-        explainer.maps(images, pred_idx, batch_size=batch),
-        explainer.maps(images, true_idx, batch_size=batch),
-        *texts,
-        probs_shown,
-        title=title,
-    )
+    binary = len(names) == 2
+    pred_maps = explainer.maps(images, pred_idx, batch_size=batch, contrast=binary)
+    true_maps = None if binary else explainer.maps(images, true_idx, batch_size=batch)
+    return cam.mistakes_cam_figure(images, pred_maps, true_maps, *texts, probs_shown, title=title)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -161,57 +169,59 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     explainer = cam.CamExplainer(module, device=trainer.strategy.root_device) if explain else None
     artifacts, num_wrong = write_artifacts(cfg, module, dm, probs, labels, explainer)
 
-    # The training schema, with what a checkpoint can tell
-    hp = module.hparams
-    total, trainable = profile.count_params(module.net)
-    choices, overrides = hydra_choices()
-    results = run_record(
-        {
-            **model_values(hp),
-            "data": preset or choices.get("data", "?"),
-            "data_root": str(dm.data_root),
-            "layout": dm.layout,
-            "norm": checkpoint_norm(hp.preprocess),
-            "task": dm.task,
-            "class_names": names,
-            "batch_size": dm.batch_size,
-            "seed": cfg.seed,
-            # What training started from; the weights evaluated here are the checkpoint's.
-            "weights_source": str(cfg.ckpt_path),
-            "params": total,
-            "trainable_params": trainable,
-            "fp32_mib": profile.fp32_mib(module.net),
-            "weights_mb": profile.state_dict_mib(module.net),
-            "flops": profile.flops(module.net, int(hp.input_size)),
-            "checkpoint_mb": file_mib(cfg.ckpt_path),
-            "val_acc": stored["val_acc_best"],
-            # Lightning stores the 0-based epoch it saved in; epoch-end checkpoints completed it.
-            "epochs": int(stored["epoch"]) + 1 if stored["epoch"] is not None else None,
-            "global_step": stored["global_step"],
-            "wall_s": time.perf_counter() - started,
-            "device": device_name(cfg.trainer.accelerator),
-            "precision": str(trainer.precision),
-            "best_ckpt": str(cfg.ckpt_path),
-            "run_dir": str(output_dir),
-            "overrides": overrides,
-            "task_name": cfg.task_name,
-            "num_test": len(labels),
-            "num_mistakes": num_wrong,
-            "preprocess": dict(hp.preprocess),
-            "artifacts": artifacts,
-        },
-        metrics,
-        eval_keys=True,
+    values = eval_values(cfg, module, dm, preset)
+    values.update(
+        trained=trained_values(cfg.ckpt_path, stored, module.hparams),
+        precision=str(trainer.precision),
+        num_test=len(labels),
+        num_mistakes=num_wrong,
+        artifacts=artifacts,
+        wall_s=time.perf_counter() - started,
     )
+    results = run_record(values, metrics, kind="eval")
     path = write_record(output_dir, results)
+    written = [path.name] + [Path(p).name for p in artifacts.values() if p]
     log.info(
-        "test accuracy %.2f %% on %d images (%d mistakes); results in %s",
+        "test accuracy %.2f %% on %d images (%d mistakes); wrote %s in %s",
         100 * results["test_acc"],
         len(labels),
         num_wrong,
-        path,
+        ", ".join(written),
+        output_dir,
     )
     return results
+
+
+def eval_values(cfg: DictConfig, module: ClassifierModule, dm: Any, preset: str | None):
+    """The record's values that the checkpoint, the data and this config tell (`EVAL_KEYS`);
+    what the checkpoint's training run did goes under ``trained``, not here."""
+    hp = module.hparams
+    total, trainable = profile.count_params(module.net)
+    choices, overrides = hydra_choices()
+    how = model_values(hp)
+    return {
+        **{k: how[k] for k in ("model", "arch", "num_classes", "input_size")},
+        "data": preset or choices.get("data", "?"),
+        "data_root": str(dm.data_root),
+        "layout": dm.layout,
+        "norm": checkpoint_norm(hp.preprocess),
+        "task": dm.task,
+        "class_names": class_names_of(module),
+        "batch_size": dm.batch_size,
+        "seed": cfg.seed,
+        "ckpt_path": str(cfg.ckpt_path),
+        "preprocess": dict(hp.preprocess),
+        "params": total,
+        "trainable_params": trainable,
+        "fp32_mib": profile.fp32_mib(module.net),
+        "weights_mb": profile.state_dict_mib(module.net),
+        "flops": profile.flops(module.net, int(hp.input_size)),
+        "checkpoint_mb": file_mib(cfg.ckpt_path),
+        "device": device_name(cfg.trainer.accelerator),
+        "run_dir": str(cfg.paths.output_dir),
+        "overrides": overrides,
+        "task_name": cfg.task_name,
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")

@@ -4,16 +4,22 @@
     python -m fruitnet.export ckpt_path=best.ckpt format=torchscript output=fruits.pt
     python -m fruitnet.export ckpt_path=best.ckpt format=exported_program
 
-Input contract of every exported model (the same bytes the datamodule feeds):
-  input  ``images``: uint8, N x 3 x S x S, RGB, NCHW, dynamic N. Pixels as
-         `fruitnet.data.io.load_image(path, resize=, crop=, size=)` returns them, i.e. the geometry
-         of ``preprocess`` (resize/crop/size) is applied by the caller;
-         /255 and the mean/std normalisation happen inside the model.
+Input contract of every exported model (the same bytes the datamodule feeds), printed by the
+export, and stored as ``input`` (numbers) and ``input_contract`` (words) in its metadata:
+  input  ``images``: uint8, N x 3 x S x S, RGB, NCHW, dynamic N, values 0..255 as decoded; /255
+         and the mean/std normalisation happen inside the model.
+  resize the caller's: ``norm=false`` checkpoints stretch the whole image to S x S (aspect ratio
+         not kept); ``norm=true`` ones resize the shorter side to 256 (aspect kept) and cut the
+         centre 224 x 224. Bilinear, antialiased, either way, after a large JPEG is decoded at a
+         reduced scale (`resize_rule`; ``input.resize`` in the metadata).
   output ``logits``: float32 N x classes; ``probs``: softmax of the logits.
 The metadata (class names, preprocess dict, model name, this contract) is stored in the file:
 ONNX ``metadata_props``, TorchScript ``_extra_files["fruitnet.json"]``, ExportedProgram
 ``extra_files["fruitnet.json"]``; and beside it as ``<output>.json``, with the verification numbers.
-`read_metadata(path)` reads it back from any of the three.
+`read_metadata(path)` reads it back from any of the three. README.md shows a JPEG classified with
+onnxruntime and Pillow alone, from these keys.
+
+The network is rebuilt from the checkpoint without Lightning (`fruitnet.checkpoints.load_network`).
 """
 
 from __future__ import annotations
@@ -34,11 +40,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 import fruitnet
-from fruitnet.checkpoints import class_names_of, load_classifier
+from fruitnet.checkpoints import Classifier, class_names_of, load_network
 from fruitnet.config import CONFIG_PATH, run_entry
 from fruitnet.data.transforms import BatchTransform
 from fruitnet.files import file_mib, write_json
-from fruitnet.module import ClassifierModule
 from fruitnet.timing import median_ms
 
 log = logging.getLogger("fruitnet.export")
@@ -53,11 +58,8 @@ FORMATS = {
 META_FILE = "fruitnet.json"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probs")
-INPUT_CONTRACT = (
-    "images: uint8 RGB NCHW (N x 3 x size x size, N dynamic), decoded and resized/cropped as in "
-    "preprocess (fruitnet.data.io.load_image); the model scales by 1/255 and normalises with "
-    "preprocess mean/std itself. Outputs: logits (float32 N x classes), probs (softmax)."
-)
+# What fruitnet.data.io.resize_crop does: torchvision's resize of a uint8 tensor, antialiased.
+INTERPOLATION = "bilinear, antialiased (Pillow's Image.BILINEAR gives the same to within 1 of 255)"
 
 
 class ExportError(RuntimeError):
@@ -81,40 +83,100 @@ class ExportModel(nn.Module):
         return logits, logits.softmax(-1)
 
 
-def export_model(module: ClassifierModule) -> ExportModel:
+def export_model(module: Classifier) -> ExportModel:
     """A copy of the network in contiguous memory format, with the checkpoint's normalisation.
 
     channels_last is a speed choice of the PyTorch runtime, not part of the model; runtimes that
     load the file pick their own layout.
     """
-    pre = module.hparams.preprocess
+    pre = module.hparams["preprocess"]
     net = copy.deepcopy(module.net).to("cpu", memory_format=torch.contiguous_format).float()
     return ExportModel(net, pre["mean"], pre["std"]).eval()
 
 
-def pytorch_reference(module: ClassifierModule) -> ExportModel:
+def pytorch_reference(module: Classifier) -> ExportModel:
     """The same computation as fruitnet runs it in PyTorch (the module's own memory format), the
     baseline for the latency comparison."""
-    pre = module.hparams.preprocess
+    pre = module.hparams["preprocess"]
     return ExportModel(module.to("cpu").float(), pre["mean"], pre["std"]).eval()
 
 
-def metadata(module: ClassifierModule, ckpt_path: str, fmt: str) -> dict[str, Any]:
-    pre = dict(module.hparams.preprocess)
+def resize_rule(pre: dict[str, Any]) -> dict[str, Any]:
+    """How any image file becomes the ``S x S`` input (`fruitnet.data.io.load_image`), in numbers
+    and in words; ``crop`` None in the preprocess dict means stretch."""
+    size, short, crop = int(pre["size"]), pre.get("resize"), pre.get("crop")
+    # load_image lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale, never below this side;
+    # skipping that step moves pixels by up to 93 of 255 on the chest X-ray sample.
+    draft = short if (crop is not None and short) else (crop or size)
+    steps = [
+        f"decode a JPEG at the smallest libjpeg scale that keeps it at least {draft} x {draft} "
+        f"(Pillow: Image.draft(None, ({draft}, {draft})))"
+    ]
+    if crop is None:
+        rule = {"rule": "stretch"}
+        steps.append(
+            f"stretch the whole image to {size} x {size} (width and height scaled apart: the "
+            "aspect ratio is not kept, nothing is cut off)"
+        )
+    else:
+        rule = {"rule": "short_side_crop", "short_side": short, "crop": [crop, crop]}
+        if short:
+            steps.append(
+                f"resize so that the shorter side is {short} px and the longer one "
+                f"floor(longer * {short} / shorter) (aspect ratio kept)"
+            )
+        steps.append(
+            f"cut out the centre {crop} x {crop} (left = round((W - {crop}) / 2), "
+            f"top = round((H - {crop}) / 2))"
+        )
+        if crop != size:
+            steps.append(f"stretch that to {size} x {size}")
+    return {**rule, "size": [size, size], "interpolation": INTERPOLATION, "jpeg_draft": draft,
+            "words": "; ".join(steps)}  # fmt: skip
+
+
+def input_spec(pre: dict[str, Any]) -> dict[str, Any]:
+    """The ``images`` input: name, dtype, layout, shape, value range and the resize rule."""
+    size = int(pre["size"])
+    return {
+        "name": INPUT_NAME,
+        "dtype": "uint8",
+        "layout": "NCHW",
+        "channels": "RGB",
+        "shape": ["N", 3, size, size],
+        "range": [0, 255],
+        "resize": resize_rule(pre),
+    }
+
+
+def contract_words(spec: dict[str, Any], num_classes: int) -> str:
+    """The input contract in words, one line each: input, resize, outputs."""
+    shape = ", ".join(map(str, spec["shape"]))
+    return "\n".join(
+        [
+            f"input:  {spec['name']}, {spec['dtype']} [{shape}], {spec['channels']}, "
+            f"{spec['layout']}, values 0..255 as decoded (the model divides by 255 and normalises "
+            "itself)",
+            f"resize: {spec['resize']['words']}; each resize is {spec['resize']['interpolation']}",
+            f"output: logits, float32 [N, {num_classes}]; probs, float32 [N, {num_classes}], the "
+            "softmax of the logits, in the order of class_names",
+        ]
+    )
+
+
+def metadata(module: Classifier, ckpt_path: str, fmt: str) -> dict[str, Any]:
+    hp = module.hparams
+    pre = dict(hp["preprocess"])
+    spec = input_spec(pre)
     return {
         "format": fmt,
-        "model_name": module.hparams.model_name,
-        "num_classes": int(module.hparams.num_classes),
+        "model_name": hp["model_name"],
+        "num_classes": int(hp["num_classes"]),
         "class_names": class_names_of(module),
         "preprocess": pre,
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "shape": ["N", 3, pre["size"], pre["size"]],
-            "layout": "NCHW RGB",
-        },
+        "input": spec,
         "outputs": list(OUTPUT_NAMES),
-        "input_contract": INPUT_CONTRACT,
+        "input_contract": contract_words(spec, int(hp["num_classes"])),
         "checkpoint": str(ckpt_path),
         "fruitnet_version": fruitnet.__version__,
         "torch_version": torch.__version__,
@@ -154,6 +216,7 @@ def save_onnx(model: ExportModel, example: torch.Tensor, path: Path, meta: dict,
         "model_name": meta["model_name"],
         "class_names": json.dumps(meta["class_names"]),
         "preprocess": json.dumps(meta["preprocess"]),
+        "input": json.dumps(meta["input"]),
         "input_contract": meta["input_contract"],
         "fruitnet": json.dumps(meta),
     }
@@ -251,7 +314,7 @@ def verify(model: ExportModel, runner: Callable, size: int, atol: float) -> dict
 
 
 def check_export(
-    path: Path, fmt: str, model: ExportModel, module: ClassifierModule, atol: float, iters: int
+    path: Path, fmt: str, model: ExportModel, module: Classifier, atol: float, iters: int
 ) -> dict[str, Any]:
     """Run the written file: outputs against PyTorch, and batch-1 latency of both."""
     try:
@@ -261,7 +324,7 @@ def check_export(
             "onnxruntime is not installed: ONNX outputs not checked (pip install '.[onnx]')"
         )
         return {}
-    size = int(module.hparams.preprocess["size"])
+    size = int(module.hparams["preprocess"]["size"])
     record: dict[str, Any] = {**verify(model, runner, size, atol), "atol": atol}
     one = example_input(size, batch=1, seed=2)
     reference = pytorch_reference(module)
@@ -306,9 +369,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     path = output_path(cfg.output, Path(cfg.paths.output_dir), fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    module = load_classifier(cfg.ckpt_path)
+    module = load_network(cfg.ckpt_path)
     model = export_model(module)
-    size = int(module.hparams.preprocess["size"])
+    size = int(module.hparams["preprocess"]["size"])
     meta = metadata(module, cfg.ckpt_path, fmt)
     example = example_input(size)
     started = time.perf_counter()
@@ -325,6 +388,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "export_s": time.perf_counter() - started,
     }
     log.info("wrote %s (%s, %.2f MiB)", path, fmt, record["file_mib"])
+    print(f"{path}: what it takes and gives\n{meta['input_contract']}")
 
     if cfg.verify:
         record.update(

@@ -5,7 +5,9 @@
 
 The checkpoint carries the class names and the preprocessing (`hparams.preprocess`), so no dataset
 or data config is needed: images are decoded with `fruitnet.data.io.load_image` and normalised by
-`fruitnet.data.transforms.BatchTransform`, exactly as the datamodule feeds the network.
+`fruitnet.data.transforms.BatchTransform`, exactly as the datamodule feeds the network. The network
+is rebuilt from the checkpoint alone (`fruitnet.checkpoints.load_network`), without Lightning, so
+a one-image prediction starts in the time torch, torchvision and Pillow take to load.
 Prints a table and writes `preds.csv` into the run directory, or `output=` (.csv or .json).
 `explain=true` also writes one Grad-CAM overlay PNG per image (`fruitnet.explain`) into
 `<output stem>_explain/` beside it (needs `pip install 'fruitnet[explain]'`).
@@ -14,9 +16,12 @@ Prints a table and writes `preds.csv` into the run directory, or `output=` (.csv
 from __future__ import annotations
 
 import csv
+import difflib
 import functools
+import importlib.resources
 import json
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +29,13 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from fruitnet.checkpoints import class_names_of, load_classifier
-from fruitnet.config import CONFIG_PATH, run_entry
+from fruitnet.checkpoints import class_names_of, load_network
+from fruitnet.config import CONFIG_MODULE, CONFIG_PATH, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
 from fruitnet.data.transforms import BatchTransform, image_spec
-from fruitnet.module import ClassifierModule
 
 log = logging.getLogger("fruitnet.predict")
 
@@ -72,13 +77,16 @@ def collect_inputs(path: str | Path) -> Inputs:
 
 
 class Predictor:
-    """Image files -> class probabilities with the checkpoint's own preprocessing."""
+    """Image files -> class probabilities with the checkpoint's own preprocessing.
 
-    def __init__(self, module: ClassifierModule, device: str | torch.device = "cpu") -> None:
+    ``module``: a `fruitnet.checkpoints.Classifier` (`load_network`) or a `ClassifierModule`.
+    """
+
+    def __init__(self, module: nn.Module, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.class_names = class_names_of(module)
-        self.preprocess = dict(module.hparams.preprocess)
+        self.preprocess = dict(module.hparams["preprocess"])
         self.decode = functools.partial(load_image, **image_spec(self.preprocess))
         self.transform = BatchTransform(self.preprocess["mean"], self.preprocess["std"])
 
@@ -108,7 +116,7 @@ class Predictor:
         self, paths: Sequence[Path], *, topk: int = 5, batch_size: int = 32, strict: bool = False
     ) -> list[dict[str, Any]]:
         """One row per readable image: ``{"path", "topk": [(class name, prob), ...]}``."""
-        k = min(int(topk), len(self.class_names))
+        k = self.check_topk(topk)
         rows: list[dict[str, Any]] = []
         for chunk in _chunks(paths, batch_size):
             decoded = [(p, img) for p in chunk if (img := self.read(p, strict=strict)) is not None]
@@ -123,6 +131,20 @@ class Predictor:
                 ]
                 rows.append({"path": str(p), "topk": pairs})
         return rows
+
+    def check_topk(self, topk: int) -> int:
+        """``topk``, capped at the class count, which a warning line then names."""
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk must be a whole number >= 1, got {topk!r} (e.g. topk=5)")
+        classes = len(self.class_names)
+        if topk > classes:
+            log.warning(
+                "topk=%d is more than the model's %d classes: showing all %d",
+                topk,
+                classes,
+                classes,
+            )
+        return min(topk, classes)
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
@@ -198,7 +220,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         names = ", ".join(p.name for p in inputs.skipped[:5])
         more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
         log.info("skipped %d non-image file(s): %s%s", len(inputs.skipped), names, more)
-    predictor = Predictor(load_classifier(cfg.ckpt_path), resolve_device(cfg.device))
+    predictor = Predictor(load_network(cfg.ckpt_path), resolve_device(cfg.device))
     rows = predictor.predict(
         inputs.images,
         topk=cfg.topk,
@@ -222,9 +244,46 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def config_keys(name: str) -> set[str]:
+    """The top-level keys of ``conf/<name>.yaml`` and of the groups its defaults list selects."""
+    if CONFIG_PATH.startswith("pkg://"):
+        text = importlib.resources.files(CONFIG_MODULE).joinpath(f"{name}.yaml").read_text()
+    else:
+        text = (Path(CONFIG_PATH) / f"{name}.yaml").read_text()
+    node = OmegaConf.create(text)
+    keys = {str(k) for k in node if k != "defaults"} | {"hydra"}
+    for entry in node.get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            keys.update(str(k).split("@")[0].split("/")[0].split()[-1] for k in entry)
+    return keys
+
+
+def check_keys(argv: Sequence[str], name: str = "predict") -> None:
+    """A mistyped key (``top_k=3``) stops with "did you mean topk?". Hydra would refuse it too,
+    but only with a hint to add it as a new key (``+top_k=3``), which is never what was meant."""
+    if any(a.split("=")[0] in ("-cn", "--config-name", "-cp", "--config-path") for a in argv):
+        return  # another config: its keys are not the ones read here
+    known = config_keys(name)
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue  # flags, and keys added (+) or removed (~) on purpose
+        key = arg.split("=", 1)[0].split("@")[0].replace("/", ".").split(".")[0]
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the keys are {', '.join(sorted(known))}"
+        print(f"fruitnet: unknown key {key!r} in {arg!r}: {hint}", file=sys.stderr)
+        raise SystemExit(1)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     run_entry(run, cfg)
+
+
+def main() -> None:
+    check_keys(sys.argv[1:])
+    _main()
 
 
 if __name__ == "__main__":

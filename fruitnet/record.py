@@ -1,32 +1,40 @@
 """results.json, the record each run leaves in its folder (the report, the notebook and the
 benchmarks read it): its keys, defined once here, and the one function that writes it.
 
-Training (`fruitnet.train`) and evaluation (`fruitnet.eval`) write the same keys, eval adds its
-own at the end; a key a run cannot know is null. The search writes its own record
-(`fruitnet.search.report`), with `environment()` from here.
+Every record says what it is in ``kind`` (`KINDS`). Training (`fruitnet.train`) writes
+`RUN_KEYS`; evaluation (`fruitnet.eval`) writes `EVAL_KEYS`: its own measurements only, with
+the training run the checkpoint comes from under ``trained`` (`TRAINED_KEYS`), so no key of an
+eval record holds another run's number. A key a run cannot know is null. The search writes its
+own record (`fruitnet.search.report`, ``kind: search``), with `environment()` from here.
+Records written before ``kind`` existed are told apart by `kind_of`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 import fruitnet
 from fruitnet.files import write_json
 
-# The keys of a classifier run, in the order results.json lists them. The flattened test metrics
+# What a results.json can be: a training run, an evaluation of a checkpoint, an architecture
+# search, or a study (several runs summed up, e.g. bench/recipes).
+KINDS: tuple[str, ...] = ("train", "eval", "search", "study")
+
+# The keys of a training run, in the order results.json lists them. The flattened test metrics
 # (`test_metrics`: test_loss, test_f1_macro, ...) come right after val_acc.
 RUN_KEYS: tuple[str, ...] = (
+    "kind",
     # what was trained, on what
     "model", "data", "experiment", "data_root", "layout", "norm", "task", "num_classes",
     "class_names", "input_size", "batch_size", "optimizer", "lr", "seed", "pretrained", "arch",
     "weights_source",
-    # size and cost (fruitnet.callbacks.ModelSizeCallback; eval recomputes all but latency)
+    # size and cost (fruitnet.callbacks.ModelSizeCallback)
     "params", "trainable_params", "fp32_mib", "weights_mb", "flops", "latency_ms_b1",
     "latency_batch", "latency_ms_batch", "checkpoint_mb",
     # accuracy
@@ -38,34 +46,110 @@ RUN_KEYS: tuple[str, ...] = (
     # environment()
     "fruitnet_version", "torch_version", "lightning_version", "finished",
 )  # fmt: skip
-# Added by `fruitnet.eval`: the test images, the mistakes, the checkpoint's preprocessing and the
-# files written beside results.json.
-EVAL_KEYS: tuple[str, ...] = ("num_test", "num_mistakes", "preprocess", "artifacts")
-_METRICS_AFTER = "val_acc"
+# The keys of an evaluation (`fruitnet.eval`): what it measured on the checkpoint and the test
+# split; the flattened test metrics come right after test_acc.
+EVAL_KEYS: tuple[str, ...] = (
+    "kind",
+    # what was evaluated, on what
+    "model", "arch", "data", "data_root", "layout", "norm", "task", "num_classes", "class_names",
+    "input_size", "batch_size", "seed", "ckpt_path", "preprocess",
+    # the checkpoint's network, measured here
+    "params", "trainable_params", "fp32_mib", "weights_mb", "flops", "checkpoint_mb",
+    # accuracy on this test split
+    "test_acc",
+    "per_class_acc", "confusion_matrix", "num_test", "num_mistakes",
+    # this evaluation: its own time, device and files
+    "wall_s", "device", "precision", "run_dir", "overrides", "task_name", "artifacts",
+    # the training run the checkpoint comes from (TRAINED_KEYS)
+    "trained",
+    # environment()
+    "fruitnet_version", "torch_version", "lightning_version", "finished",
+)  # fmt: skip
+# An eval record's ``trained``: where the training run is and its key numbers, from the
+# checkpoint and, when it sits in its run folder (run/checkpoints/x.ckpt), that run's results.json.
+TRAINED_KEYS: tuple[str, ...] = (
+    "path", "run_dir", "experiment", "data", "optimizer", "lr", "pretrained", "weights_source",
+    # the checkpoint: epochs completed and steps taken when it was saved, best val accuracy then
+    "ckpt_epochs", "ckpt_global_step", "val_acc",
+    # the training run as a whole (its results.json)
+    "epochs", "test_acc", "wall_s", "train_images_per_s", "latency_ms_b1", "finished",
+)  # fmt: skip
+_METRICS_AFTER = {"train": "val_acc", "eval": "test_acc"}
 
 
 def run_record(
-    values: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, *, eval_keys: bool = False
+    values: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, *, kind: str = "train"
 ) -> dict[str, Any]:
-    """The record of a train or eval run: every key of `RUN_KEYS` (and `EVAL_KEYS`), in order,
-    from ``values`` (missing ones null), with the flattened test ``metrics`` after val_acc."""
-    keys = RUN_KEYS + (EVAL_KEYS if eval_keys else ())
+    """The record of a train (`RUN_KEYS`) or eval (`EVAL_KEYS`) run: every key, in order, from
+    ``values`` (missing ones null), with the flattened test ``metrics`` after val_acc (train) or
+    test_acc (eval)."""
+    keys = {"train": RUN_KEYS, "eval": EVAL_KEYS}[kind]
     unknown = sorted(set(values) - set(keys))
     if unknown:
-        raise KeyError(f"not keys of results.json (fruitnet.record.RUN_KEYS): {unknown}")
-    values = {**environment(), **values}
+        name = "RUN_KEYS" if kind == "train" else "EVAL_KEYS"
+        raise KeyError(f"not keys of a {kind} results.json (fruitnet.record.{name}): {unknown}")
+    values = {**environment(), **values, "kind": kind}
     metrics = dict(metrics or {})
     record: dict[str, Any] = {}
     for key in keys:
         record[key] = metrics.pop(key) if key in metrics else values.get(key)
-        if key == _METRICS_AFTER:
+        if key == _METRICS_AFTER[kind]:
             record.update({k: v for k, v in metrics.items() if k not in keys})
     return record
 
 
 def write_record(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
     """``run_dir/results.json``, written atomically: a reader never sees half a file."""
+    if record.get("kind") not in KINDS:
+        raise ValueError(f"a results.json needs a kind out of {KINDS}, got {record.get('kind')!r}")
     return write_json(Path(run_dir) / "results.json", dict(record))
+
+
+def kind_of(record: Mapping[str, Any]) -> str | None:
+    """A record's kind: its ``kind`` key, or for records older than that key, what its keys tell
+    (eval: task_name "eval" or num_test; search: arch_path or chosen; train: a model). None when
+    it is no fruitnet record."""
+    kind = record.get("kind")
+    if kind is not None:
+        return str(kind)
+    if record.get("task_name") == "eval" or "num_test" in record:
+        return "eval"
+    if "arch_path" in record or "chosen" in record:
+        return "search"
+    return "train" if "model" in record else None
+
+
+def trained_values(
+    ckpt_path: str | Path, stored: Mapping[str, Any], hparams: Mapping[str, Any]
+) -> dict[str, Any]:
+    """An eval record's ``trained`` (`TRAINED_KEYS`): the checkpoint's counters (``stored``: its
+    epoch, global_step, val_acc_best), how it was trained (its ``hparams``), and the training
+    run's key numbers from run/results.json when the checkpoint sits in run/checkpoints/."""
+    epoch = stored.get("epoch")
+    how = model_values(hparams)
+    trained: dict[str, Any] = dict.fromkeys(TRAINED_KEYS)
+    trained.update(
+        optimizer=how["optimizer"],
+        lr=how["lr"],
+        pretrained=how["pretrained"],
+        # Lightning stores the 0-based epoch it saved in; epoch-end checkpoints completed it.
+        ckpt_epochs=int(epoch) + 1 if epoch is not None else None,
+        ckpt_global_step=stored.get("global_step"),
+        val_acc=stored.get("val_acc_best"),
+    )
+    path = Path(ckpt_path).resolve().parent.parent / "results.json"
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return trained
+    if not isinstance(run, dict) or kind_of(run) != "train":
+        return trained
+    from_run = ("experiment", "data", "weights_source", "epochs", "test_acc", "wall_s",
+                "train_images_per_s", "latency_ms_b1", "finished")  # fmt: skip
+    trained.update({k: run.get(k) for k in from_run}, path=str(path), run_dir=str(path.parent))
+    if trained["val_acc"] is None:
+        trained["val_acc"] = run.get("val_acc")
+    return trained
 
 
 def test_metrics(metrics: Mapping[str, Any], class_names: list[str], details: Mapping[str, Any]):
@@ -97,6 +181,9 @@ def model_values(hparams: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    # Imported here: the report reads records (kind_of) without paying Lightning's import.
+    import lightning as L
+
     return {
         "fruitnet_version": fruitnet.__version__,
         "torch_version": torch.__version__,

@@ -65,7 +65,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(output_dir),
         "wall_s": time.perf_counter() - started,
     }
-    results = record.run_record(run_values(cfg, dm, module, trainer, callbacks, values), metrics)
+    results = record.run_record(
+        run_values(cfg, dm, module, trainer, callbacks, values), metrics, kind="train"
+    )
     if trainer.is_global_zero:
         path = record.write_record(output_dir, results)
         acc = results["test_acc"]

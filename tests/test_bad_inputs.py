@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import logging
 import os
 import re
 import signal
@@ -38,6 +39,7 @@ from fruitnet.data import (
     DataRootError,
     DataWarning,
     ImageFolderDataModule,
+    check_image,
     generate_synthetic_fruits,
     image_spec,
     load_image,
@@ -276,6 +278,53 @@ def test_any_image_mode_or_size_loads_as_3_channels_at_the_configured_size(mode,
     assert labels.tolist().count(1) == 4
 
 
+def test_a_photo_over_89_mpx_loads_without_a_warning_and_one_over_the_cap_is_refused(tmp_path):
+    """Pillow warns above 89 Mpx with a bare `warnings.warn(` line; fruitnet reads real photos up
+    to `MAX_PIXELS` silently and refuses a larger image itself, naming the file and its size."""
+    from fruitnet.data.io import MAX_PIXELS
+
+    big = tmp_path / "scan.jpg"
+    Image.new("L", (10000, 9000), 90).save(big, quality=50)  # 90 Mpx, a scanned X-ray's size
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_image(big)
+        assert load_image(big, size=32)[0, 16, 16].item() in range(87, 94)
+    assert not caught, [str(w.message) for w in caught]
+
+    root = make_tree(tmp_path / "ds", {"Training/a": 2, "Training/b": 2, "Test/a": 1, "Test/b": 1})
+    bomb = root / "Training" / "b" / "bomb.png"
+    side = int(MAX_PIXELS**0.5) + 16
+    Image.new("1", (side, side)).save(bomb)  # 1 bit per pixel: a small file, a huge image
+    for read in (check_image, lambda p: load_image(p, size=32), lambda p: datamodule(root).setup()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(CorruptImageError) as info:
+                read(bomb)
+        assert not caught, [str(w.message) for w in caught]
+        msg = str(info.value)
+        assert str(bomb) in msg and f"{side} x {side} px" in msg and "268 Mpx" in msg, msg
+
+
+# --------------------------------------------------------------------------- loader workers
+
+
+def test_more_loader_workers_than_cpus_are_capped_in_one_line(caplog):
+    from fruitnet.data.host import loader_workers, usable_cpus
+
+    with caplog.at_level(logging.WARNING, logger="fruitnet.data.host"):
+        assert loader_workers(64, cpu_count=2) == 2
+        assert loader_workers("3", cpu_count=4) == 3 and loader_workers(0, cpu_count=1) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "data.num_workers=64 is more than the 2 CPU(s) this process may use: using 2 loader workers"
+    ]
+    assert loader_workers("auto", cpu_count=8) == 4 and loader_workers(None, cpu_count=2) == 0
+    assert ImageFolderDataModule(root="x", num_workers=10_000).num_workers == usable_cpus()
+    for bad in (-1, "many", True, 1.5):
+        with pytest.raises(ValueError, match=r"data.num_workers must be auto or an integer >= 0"):
+            loader_workers(bad)
+
+
 # --------------------------------------------------------------------------- config names
 
 
@@ -303,6 +352,27 @@ def test_typo_in_a_key_names_the_key(tmp_path):
         compose_cfg(["trainer.max_epoch=1"], tmp_path)
     assert "Could not override 'trainer.max_epoch'" in str(info.value)
     assert "Key 'max_epoch' is not in struct" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=-3", "trainer.max_epochs must be an integer >= -1 (-1: no limit), got -3"),
+        ("trainer.max_steps=-2", "trainer.max_steps must be an integer >= -1 (-1: no limit), got -2"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps must be an integer >= 0"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be an integer >= 1"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs must be an integer >= -1 (-1: no limit), got 2.5"),
+        ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches must be a number of batches"),
+        ("trainer.limit_val_batches=-1", "trainer.limit_val_batches must be a number of batches"),
+    ],
+)  # fmt: skip
+def test_a_bad_trainer_count_is_refused_before_the_data_is_read(override, message, tmp_path):
+    from fruitnet.config import check_config
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_config(compose_cfg([override], tmp_path))
+    fine = ["trainer.max_epochs=-1", "trainer.limit_train_batches=0.5"]
+    check_config(compose_cfg(fine, tmp_path))
 
 
 def test_norm_must_be_a_boolean(tmp_path):

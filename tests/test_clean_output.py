@@ -4,7 +4,9 @@ the progress, and no warning that is not about the run; a bad value is one line,
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,17 @@ NOISE = [
 ]
 
 
+# A warning printed by a library, in each form one takes: Python's `file.py:NNN: SomeWarning:
+# message` (or Lightning's rank-zero `file.py:NNN: message`), and the source line under it.
+LIBRARY_WARNING = (re.compile(r"\S+\.py:\d+: "), re.compile(r"^\s*warnings\.warn\("))
+
+
+def library_warnings(output: str) -> list[str]:
+    return [
+        line for line in output.splitlines() if any(form.search(line) for form in LIBRARY_WARNING)
+    ]
+
+
 def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "80"}
     full_env.pop("HYDRA_FULL_ERROR", None)
@@ -66,6 +79,7 @@ def assert_clean(output: str) -> None:
         assert text not in output, f"{text!r} in the output:\n{output[-4000:]}"
     # No third-party warning at all: they print the file they come from.
     leaked = [line for line in output.splitlines() if "site-packages" in line]
+    leaked += library_warnings(output)
     assert not leaked, "\n".join(leaked)
 
 
@@ -111,6 +125,122 @@ def test_eval_without_data_evaluates_on_the_training_runs_data(fresh, tmp_path):
     assert Path(results["data_root"]).is_relative_to(fresh.results["data_root"])
     assert results["num_test"] == 60
     assert abs(results["test_acc"] - fresh.results["test_acc"]) <= 1e-6
+
+
+# The real sample sets, one short run each: 1 epoch of 2 batches (fewer than the logging interval),
+# every split, a sample set smaller than the batch size (chest_xray), and 64 loader workers.
+SAMPLE_RUN = [
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks.model_size.latency=false",
+]
+
+
+@pytest.mark.slow  # two runs of ~12 s each on a 2-core CPU; the fresh run above is the fast check
+@pytest.mark.parametrize(
+    ("preset", "folder", "extra"),
+    [
+        ("fruits", "fruits-360-sample", []),
+        ("chest_xray", "chest_xray-sample", ["data.num_workers=64", "data.image_size=64"]),
+    ],
+)
+def test_a_sample_set_run_prints_no_library_warning(preset, folder, extra, shared_data, tmp_path):
+    rc, out = run_cli(
+        "fruitnet.train", *SAMPLE_RUN, f"data={preset}", f"data.root={shared_data / folder}",
+        *extra, f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert rc == 0, out[-4000:]
+    assert "test accuracy" in out
+    assert_clean(out)
+    assert not library_warnings(out), "\n".join(library_warnings(out))
+    # What Lightning and torch said is said once, by fruitnet, or made moot.
+    assert "smaller than the logging interval" not in out
+    assert "training steps are logged once an epoch: an epoch has " in out
+    assert "worker processes in total" not in out
+    if extra:
+        from fruitnet.data.host import usable_cpus
+
+        cpus = usable_cpus()
+        assert cpus >= 64 or out.count(f"data.num_workers=64 is more than the {cpus} CPU(s)") == 1
+
+
+def test_an_epoch_shorter_than_the_logging_interval_logs_its_steps_without_a_warning(
+    tmp_path, data_dir
+):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = train(
+            ["data=synthetic", "data.image_size=32", "trainer.max_epochs=2",
+             "trainer.limit_train_batches=2", "trainer.log_every_n_steps=10"],
+            tmp_path,
+            data_dir,
+        )  # fmt: skip
+    assert results["global_step"] == 4
+    said = [str(w.message) for w in caught if "logging interval" in str(w.message)]
+    assert not said, said
+    # Every 2 steps (the epoch's batches) instead of every 10: 4 steps, 2 rows of step values.
+    rows = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [r.split(",") for r in rows[1:]]
+    step_rows = [r for r in steps if r[header.index("train/loss_step")]]
+    assert [int(r[header.index("step")]) for r in step_rows] == [1, 3]
+
+
+def test_library_warnings_are_recognised_in_each_form_they_print_in():
+    lines = [
+        "/v/site-packages/lightning/pytorch/loops/fit_loop.py:321: The number of training batches "
+        "(2) is smaller than the logging interval Trainer(log_every_n_steps=10).",
+        "/v/site-packages/torch/utils/data/dataloader.py:431: UserWarning: This DataLoader will "
+        "create 64 worker processes in total.",
+        "C:\\v\\Lib\\site-packages\\PIL\\Image.py:3593: DecompressionBombWarning: Image size",
+        "  warnings.warn(",
+    ]
+    ours = [
+        "[2026-01-01 10:00:00,000][fruitnet.data.host][WARNING] - data.num_workers=64 is more "
+        "than the 2 CPU(s) this process may use: using 2 loader workers",
+        "epoch 1/1: train loss 0.6935, val acc 0.5000, 46 img/s, 1.6 s",
+    ]
+    assert library_warnings("\n".join(lines + ours)) == lines
+
+
+def test_fruitnets_own_warnings_are_log_lines_of_the_module_that_warns(caplog):
+    import warnings
+
+    from fruitnet.console import quiet_third_party
+    from fruitnet.data import DataWarning
+    from fruitnet.data.scan import stratified_split
+
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        quiet_third_party()
+        stratified_split([0, 0, 1], [0.5, 0.5])  # class 1 has a single image: a DataWarning
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+    # (its stacklevel points at this test, so the line is the package logger's)
+    ours = [r for r in caplog.records if r.name == "fruitnet"]
+    assert len(ours) == 1 and "1 class(es) have a single image" in ours[0].getMessage()
+    assert ours[0].levelno == logging.WARNING
+    assert not any("library's warning" in r.getMessage() for r in caplog.records)
+    assert issubclass(DataWarning, UserWarning)
+
+
+def test_a_bad_trainer_count_is_one_fruitnet_line(tmp_path):
+    rc, out = run_cli(
+        "fruitnet.train", *SMALL, "trainer.max_epochs=-3", f"paths.root_dir={tmp_path}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert rc == 1, out[-3000:]
+    assert "MisconfigurationException" not in out and "Traceback" not in out
+    lines = [line for line in out.splitlines() if "max_epochs" in line]
+    assert len(lines) == 1, out
+    expected = "fruitnet: trainer.max_epochs must be an integer >= -1 (-1: no limit), got -3"
+    assert expected in lines[0]
+    assert "data: " not in out  # said before the data is read
 
 
 def test_a_negative_learning_rate_is_one_line_without_a_traceback(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,13 +13,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 from helpers import TRAINED_DATA, cli, compose_cfg, read_results, train
 from omegaconf import DictConfig
 from PIL import Image
 
 from fruitnet import plots
-from fruitnet.checkpoints import CheckpointError, load_classifier
+from fruitnet.checkpoints import CheckpointError, load_classifier, load_network
 from fruitnet.data import SyntheticDataModule
+from fruitnet.data.transforms import preprocess_spec
 from fruitnet.eval import run as run_eval
 from fruitnet.eval_data import ClassNamesError
 from fruitnet.export import load_exported, output_path, read_metadata
@@ -77,8 +80,9 @@ def test_eval_cli_reproduces_the_training_test_accuracy(trained, data_dir, tmp_p
     results = read_results(out)
     assert abs(results["test_acc"] - trained.results["test_acc"]) <= 1e-6
     assert 0.1 < results["test_acc"] <= 1.0
-    # Same schema as training's results.json (the report reads both).
-    assert set(trained.results) <= set(results)
+    # Eval's own record (fruitnet.record.EVAL_KEYS): the training run's numbers under `trained`
+    assert (results["kind"], trained.results["kind"]) == ("eval", "train")
+    assert results["trained"]["test_acc"] == trained.results["test_acc"]
     assert results["class_names"] == trained.results["class_names"]
     assert results["confusion_matrix"] == trained.results["confusion_matrix"]
     assert results["task_name"] == "eval" and results["data"] == "synthetic"
@@ -168,15 +172,16 @@ def test_eval_of_an_older_checkpoint_asks_for_the_data_root_and_says_what_traini
     assert "used data=synthetic" in str(err.value)
 
 
-def test_a_broken_checkpoint_is_named(trained, tmp_path):
+@pytest.mark.parametrize("load", [load_classifier, load_network], ids=["module", "network"])
+def test_a_broken_checkpoint_is_named(load, trained, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(trained.ckpt.read_bytes()[:4096])
     with pytest.raises(CheckpointError, match="truncated.ckpt"):
-        load_classifier(truncated)
+        load(truncated)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(CheckpointError, match="foreign.ckpt is not a fruitnet checkpoint"):
-        load_classifier(foreign)
+        load(foreign)
 
 
 # --------------------------------------------------------------------------- predict
@@ -187,7 +192,7 @@ def test_predict_feeds_the_network_what_the_datamodule_feeds(trained, data_dir):
         root=data_dir / "synthetic", train_per_class=20, test_per_class=8, num_workers=0
     )
     dm.setup("test")
-    predictor = Predictor(load_classifier(trained.ckpt))
+    predictor = Predictor(load_network(trained.ckpt))
     for i in (0, len(dm.test_set) - 1):
         image, _ = dm.test_set[i]
         mine = predictor.decode(dm.test_set.paths[i])
@@ -243,6 +248,11 @@ def _check_roundtrip(path: Path, fmt: str, trained) -> None:
     meta = read_metadata(path)
     assert meta["class_names"] == trained.results["class_names"]
     assert meta["preprocess"]["size"] == 100 and meta["model_name"] == "cnn"
+    assert {k: v for k, v in meta["input"].items() if k != "resize"} == {
+        "name": "images", "dtype": "uint8", "layout": "NCHW", "channels": "RGB",
+        "shape": ["N", 3, 100, 100], "range": [0, 255],
+    }  # fmt: skip
+    assert meta["input"]["resize"]["rule"] == "stretch" and "fruitnet" not in meta["input_contract"]
     predictor = Predictor(load_classifier(trained.ckpt))
     runner = load_exported(path, fmt)
     for paths in (trained.test_paths[:1], trained.test_paths[:5]):  # batch 1 and 5: dynamic N
@@ -288,6 +298,9 @@ def test_export_cli_torchscript(trained, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "outputs match PyTorch" in proc.stdout + proc.stderr
+    # The contract, in words, on stdout: input name, dtype, shape, layout, range, resize rule
+    assert "input:  images, uint8 [N, 3, 100, 100], RGB, NCHW, values 0..255" in proc.stdout
+    assert "stretch the whole image to 100 x 100" in proc.stdout and "bilinear" in proc.stdout
     _check_roundtrip(output, "torchscript", trained)
 
 
@@ -327,3 +340,163 @@ def test_eval_figures_with_95_real_classes(shared_data, tmp_path):
     width, height = assert_png(ev["artifacts"]["confusion_matrix_png"], min_side=800)
     assert width > height  # the most-confused matrix plus the table beside it
     assert_png(ev["artifacts"]["mistakes_png"], min_side=150)
+
+
+# --------------------------------------------------------------------------- what each one loads
+
+
+def test_eval_caches_the_test_split_only(trained, data_dir, tmp_path):
+    cfg = compose_entry(
+        "eval", [f"ckpt_path={trained.ckpt}", *EVAL_FAST, "data.cache=true"], tmp_path, data_dir
+    )
+    results = run_eval(cfg)
+    assert abs(results["test_acc"] - trained.results["test_acc"]) <= 1e-6
+    # One decoded file, holding the 80 test images: none for train (144) or val (16)
+    shapes = [np.load(p, mmap_mode="r").shape for p in (tmp_path / "cache").rglob("*.npy")]
+    assert shapes == [(results["num_test"], 3, 100, 100)]
+
+
+def test_predict_and_export_do_not_load_lightning():
+    code = (
+        "import sys, fruitnet.export; assert 'lightning.pytorch' not in sys.modules, 'export'; "
+        "import fruitnet.predict; assert 'lightning.pytorch' not in sys.modules, 'predict'"
+    )
+    proc = cli("-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_plain_network_is_the_lightning_module_s(trained):
+    plain = Predictor(load_network(trained.ckpt))
+    lightning = Predictor(load_classifier(trained.ckpt))
+    assert type(plain.module).__name__ == "Classifier"
+    images = torch.stack([plain.decode(p) for p in trained.test_paths[:8]])
+    assert torch.equal(plain.probs(images), lightning.probs(images))
+    assert plain.class_names == lightning.class_names == trained.results["class_names"]
+
+
+def test_load_network_names_a_checkpoint_whose_weights_do_not_fit(trained, tmp_path):
+    ckpt = torch.load(trained.ckpt, weights_only=True)
+    ckpt["state_dict"].pop(next(k for k in ckpt["state_dict"] if k.startswith("net.")))
+    torch.save(ckpt, tmp_path / "short.ckpt")
+    with pytest.raises(CheckpointError, match=r"short.ckpt: weights do not fit the model"):
+        load_network(tmp_path / "short.ckpt")
+
+
+def test_predict_topk_above_the_class_count_says_so(trained, data_dir, image_dir, tmp_path, caplog):
+    base = [f"ckpt_path={trained.ckpt}", f"input={image_dir}", f"output={tmp_path / 'p.csv'}"]
+    cfg = compose_entry("predict", [*base, "topk=50"], tmp_path / "run", data_dir)
+    with caplog.at_level(logging.INFO, logger="fruitnet.predict"):
+        rows = run_predict(cfg)
+    n = len(trained.results["class_names"])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("topk")]
+    assert said == [f"topk=50 is more than the model's {n} classes: showing all {n}"]
+    assert [len(r["topk"]) for r in rows] == [n, n, n]
+    cfg = compose_entry("predict", [*base, "topk=0"], tmp_path / "run0", data_dir)
+    with pytest.raises(ValueError, match="topk must be a whole number >= 1, got 0"):
+        run_predict(cfg)
+
+
+def test_a_mistyped_predict_key_asks_did_you_mean(tmp_path):
+    from fruitnet.predict import check_keys
+
+    check_keys(["topk=2", "+extra=1", "~show", "hydra.run.dir=x", "paths.log_dir=y", "-m"])
+    proc = cli(
+        "-m", "fruitnet.predict", "ckpt_path=x.ckpt", "input=y.jpg", "top_k=3",
+        f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "fruitnet: unknown key 'top_k' in 'top_k=3': did you mean topk?"
+    )
+    assert "+top_k" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- README's ONNX example
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# Blocked while the example runs: it must need onnxruntime, Pillow and numpy only.
+ONLY_ONNX = (
+    "import runpy, sys; sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'fruitnet'])); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+# The example resizes with Pillow, fruitnet with torchvision: pixels differ by at most 1 of 255,
+# probabilities by 1.2e-4 (trained CNN) and 2.3e-4 (the norm=true one below). Leaving out the
+# JPEG draft step gave 3.1e-3; stretching instead of cropping 0.19; nearest-neighbour 0.03.
+PROB_ATOL = 1e-3
+
+
+def readme_onnx_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    found = [b for b in blocks if "onnxruntime" in b]
+    assert len(found) == 1, f"README.md has {len(found)} python blocks using onnxruntime, not 1"
+    return found[0]
+
+
+def _norm_true_checkpoint(path: Path) -> Path:
+    """An untrained basic CNN under the norm=true pipeline (shorter side 256, centre crop 224),
+    its last layer scaled up so that its probabilities move with the pixels."""
+    from fruitnet.module import ClassifierModule
+
+    torch.manual_seed(0)
+    module = ClassifierModule(
+        model_name="cnn", num_classes=3, input_size=224, class_names=["left", "mid", "right"],
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        preprocess=preprocess_spec(True),
+    )  # fmt: skip
+    with torch.no_grad():
+        module.net.classifier.fc2.weight.mul_(10)
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    return path
+
+
+def _odd_images(root: Path) -> list[Path]:
+    """A large non-square JPEG (decoded at a reduced scale) and a tall grayscale PNG."""
+    root.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:500, 0:900]
+    rgb = np.stack([x * 255 // 900, y * 255 // 500, (x + y) % 256], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(root / "wide.jpg", quality=90)
+    gray = np.random.default_rng(0).integers(0, 256, (300, 120), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(root / "tall.png")
+    return [root / "wide.jpg", root / "tall.png"]
+
+
+def _printed(stdout: str) -> dict[str, list[tuple[str, float]]]:
+    """The example's output: each path, then `  <prob> <class name>` lines."""
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for line in stdout.splitlines():
+        if not line.startswith("  "):
+            rows[line] = []
+            continue
+        prob, name = line.strip().split(" ", 1)
+        rows[list(rows)[-1]].append((name, float(prob)))
+    return rows
+
+
+def test_readme_onnx_example_agrees_with_predict(trained, data_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx]/[dev] extras")
+    images = [*trained.test_paths[:3], *_odd_images(tmp_path / "odd")]
+    shared = shared_data_dir()
+    if shared is not None:  # real photos: 100 px fruit, grayscale X-rays of varying shape
+        images += sorted((shared / "fruits-360-sample" / "Test").glob("*/*.jpg"))[::97][:3]
+        images += sorted((shared / "chest_xray-sample" / "test").glob("*/*.jpeg"))[::11][:4]
+    script = tmp_path / "classify.py"
+    script.write_text(readme_onnx_example())
+    for ckpt in (trained.ckpt, _norm_true_checkpoint(tmp_path / "crop.ckpt")):
+        onnx_path = tmp_path / f"{Path(ckpt).stem}.onnx"
+        overrides = [f"ckpt_path={ckpt}", f"output={onnx_path}", "verify=false"]
+        run_export(compose_entry("export", overrides, tmp_path / "export", data_dir))
+        proc = cli("-c", ONLY_ONNX, str(script), str(onnx_path), *map(str, images))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        printed = _printed(proc.stdout)
+        assert list(printed) == [str(p) for p in images]
+        predictor = Predictor(load_network(ckpt))
+        probs = predictor.probs(torch.stack([predictor.decode(p) for p in images]))
+        for path, ref in zip(images, probs.tolist(), strict=True):
+            ranked = sorted(zip(predictor.class_names, ref, strict=True), key=lambda c: -c[1])
+            shown = printed[str(path)]
+            assert len(shown) == min(5, len(ranked))
+            # The same top-1 class, unless predict's own top two are closer than the tolerance
+            top_two_apart = ranked[0][1] - ranked[1][1] > PROB_ATOL
+            assert shown[0][0] == ranked[0][0] or not top_two_apart, (path, shown, ranked[:3])
+            for name, prob in shown:
+                assert abs(prob - dict(ranked)[name]) <= PROB_ATOL, (path, name, prob, ranked)

@@ -90,6 +90,43 @@ class EpochLineProgress(ProgressBar):
 progress_log = logging.getLogger("fruitnet.progress")
 
 
+class StepLogInterval(L.Callback):
+    """``trainer.log_every_n_steps`` at most the training batches of an epoch.
+
+    On a small dataset or with ``trainer.limit_train_batches`` an epoch can be shorter than the
+    interval, and Lightning then warns about its own setting. Lightning counts the batches while
+    it sets up the training data, right before ``on_train_start``: the interval is 0 (no step
+    logs, and nothing to compare) from ``on_fit_start`` up to then, and from then on the
+    configured interval, or the epoch's batch count where that is smaller (said in one line).
+    """
+
+    def __init__(self) -> None:
+        self._configured: int | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self._configured is None:
+            self._configured = trainer.log_every_n_steps
+        trainer.log_every_n_steps = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        interval = self._configured or 0
+        batches = trainer.num_training_batches
+        if 0 < batches < interval:
+            if not trainer.fast_dev_run:
+                progress_log.info(
+                    "training steps are logged once an epoch: an epoch has %d training batches, "
+                    "fewer than trainer.log_every_n_steps=%d",
+                    batches,
+                    interval,
+                )
+            interval = int(batches)
+        trainer.log_every_n_steps = interval
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._configured is not None:
+            trainer.log_every_n_steps = self._configured
+
+
 def progress_bar(**rich_kwargs: Any) -> ProgressBar:
     """The progress callback for where stdout goes: Lightning's `RichProgressBar` (with
     ``rich_kwargs``) in a terminal, `EpochLineProgress` when stdout is a file or a pipe."""

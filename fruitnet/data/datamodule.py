@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fruitnet.data.cache import DecodedImageCache, default_cache_dir
-from fruitnet.data.host import CACHE_AUTO_SHARE, auto_num_workers, cache_fits
+from fruitnet.data.host import CACHE_AUTO_SHARE, cache_fits, loader_workers
 from fruitnet.data.io import DECODE_VERSION, load_image
 from fruitnet.data.loading import (
     BatchedDataset,
@@ -43,6 +43,10 @@ __all__ = ["ImageFolderDataModule"]
 
 _STATS_CHOICES = ("imagenet", "dataset")
 _SAMPLERS = ("none", "balanced")
+# The splits each Lightning stage reads (None: all). Only they get the decoded-image cache, so
+# eval (stage "test") writes no cache for train and val; a later stage adds its own splits.
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                 "predict": ("test",), None: ("train", "val", "test")}  # fmt: skip
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -108,7 +112,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.norm = bool(norm)
         self.image_size = None if image_size in (None, "auto") else int(image_size)
         self.batch_size = int(batch_size)
-        self.num_workers = auto_num_workers() if num_workers in ("auto", None) else int(num_workers)
+        self.num_workers = loader_workers(num_workers)
         self.pin_memory = _auto_bool(pin_memory, torch.cuda.is_available())
         self.persistent_workers = _auto_bool(persistent_workers, self.num_workers > 0) and (
             self.num_workers > 0
@@ -121,7 +125,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if cache not in (True, False, "auto"):
             raise ValueError(f"cache must be true, false or auto, got {cache!r}")
         self.cache_arg = cache
-        self.cache = cache is True  # "auto" is decided in setup(), once the split sizes are known
+        self.cache = None if cache == "auto" else cache  # auto: decided by setup(), on the sizes
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.on_device = bool(on_device)
         self.class_weights_arg = _class_weights_arg(class_weights)
@@ -147,6 +151,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
+            self._use_cache(stage)
             return
         t0 = time.monotonic()
         scan = scan_dataset(
@@ -168,12 +173,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         if size is None:
             size = auto_image_size([p for p, _ in train], seed=self.seed)
         spec = preprocess_spec(self.norm, size)
-        self._make_sets(spec, train, val, test)
+        self.input_size = spec["size"]
+        decode = functools.partial(load_image, **image_spec(spec))
+        self.train_set, self.val_set, self.test_set = (
+            ImageListDataset.from_samples(s, decode) for s in (train, val, test)
+        )
+        self._cache_key = json.dumps({"decode": DECODE_VERSION, **image_spec(spec)}, sort_keys=True)
+        self._use_cache(stage)
 
         if self.stats == "dataset":
             spec["mean"], spec["std"] = self._dataset_stats(spec)
         self.preprocess = spec
-        self.input_size = spec["size"]
         self.split_counts = {"train": len(train), "val": len(val), "test": len(test)}
         self.class_counts = {
             name: np.bincount([y for _, y in s], minlength=self.num_classes).tolist()
@@ -186,24 +196,27 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.duplicates = scan.duplicates
         self._log_setup(time.monotonic() - t0)
 
-    def _make_sets(self, spec: dict, train: list[Sample], val: list[Sample], test: list[Sample]):
-        decode = functools.partial(load_image, **image_spec(spec))
-        if self.cache_arg == "auto":
-            self.cache = self._cache_fits(len(train) + len(val) + len(test), spec["size"])
-        factory = self._cache_factory(spec, decode) if self.cache else None
+    def _use_cache(self, stage: str | None) -> None:
+        """Give the splits ``stage`` reads the decoded-image cache (`data.cache`), built here in
+        the main process so DataLoader workers only ever map the file."""
+        names = _STAGE_SPLITS.get(stage, _STAGE_SPLITS[None])
+        sets = [d for d in (getattr(self, f"{n}_set") for n in names) if d.cache is None and len(d)]
+        if self.cache is None:  # auto, decided on the first stage's splits; later ones follow
+            self.cache = self._cache_fits(sum(map(len, sets)), self.input_size)
         try:
-            self.train_set = ImageListDataset.from_samples(train, decode, factory)
-            self.val_set = ImageListDataset.from_samples(val, decode, factory)
-            self.test_set = ImageListDataset.from_samples(test, decode, factory)
+            for dataset in sets if self.cache else []:
+                dataset.cache = DecodedImageCache(
+                    dataset.paths, dataset.decode, cache_dir=self.cache_dir, key=self._cache_key
+                )
+                dataset.cache.build()
         except OSError as err:
+            for dataset in sets:
+                dataset.cache = None
             if self.cache_arg != "auto":
                 raise
             # auto promised speed, not a cache: an unwritable or full cache dir decodes instead.
             log.warning("data.cache=auto: cannot build the decoded-image cache (%s); decoding", err)
             self.cache = False
-            self.train_set = ImageListDataset.from_samples(train, decode)
-            self.val_set = ImageListDataset.from_samples(val, decode)
-            self.test_set = ImageListDataset.from_samples(test, decode)
 
     def _log_setup(self, seconds: float) -> None:
         counts = self.split_counts
@@ -313,17 +326,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             round(100 * CACHE_AUTO_SHARE),
         )
         return fits
-
-    def _cache_factory(self, spec: dict, decode) -> Callable[[list[Path]], Any]:
-        key = json.dumps({"decode": DECODE_VERSION, **image_spec(spec)}, sort_keys=True)
-
-        def make(paths: list[Path]) -> DecodedImageCache:
-            cache = DecodedImageCache(paths, decode, cache_dir=self.cache_dir, key=key)
-            # Build here, in the main process, so DataLoader workers only ever map the file.
-            cache.build()
-            return cache
-
-        return make
 
     def _dataset_stats(self, spec: dict) -> tuple[list[float], list[float]]:
         key = json.dumps({"stats": DECODE_VERSION, **image_spec(spec)}, sort_keys=True)

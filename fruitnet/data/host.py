@@ -4,11 +4,22 @@ disk, and from those whether the decoded-image cache is worth turning on."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
-__all__ = ["CACHE_AUTO_SHARE", "auto_num_workers", "available_ram", "cache_fits", "free_disk"]
+__all__ = [
+    "CACHE_AUTO_SHARE",
+    "auto_num_workers",
+    "available_ram",
+    "cache_fits",
+    "free_disk",
+    "loader_workers",
+    "usable_cpus",
+]
+
+log = logging.getLogger(__name__)
 
 # data.cache=auto turns the decoded-image cache on when the decoded set fits in this share of the
 # free disk under the cache dir and of the available RAM.
@@ -26,6 +37,41 @@ def auto_num_workers(cpu_count: int | None = None) -> int:
     if cpus <= 2:
         return 0
     return min(4, cpus - 1)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. under taskset or a batch
+    scheduler), which is what torch's DataLoader compares its worker count with."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def loader_workers(value: int | str | None, cpu_count: int | None = None) -> int:
+    """``data.num_workers`` as the loaders get it: "auto" (or null) is `auto_num_workers`; a
+    number is capped at the usable CPUs, with one line saying so. More worker processes than
+    CPUs only take turns on them (torch warns about it), and each costs a fork and its memory."""
+    if value in ("auto", None):
+        return auto_num_workers(cpu_count)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"data.num_workers must be auto or an integer >= 0, got {value!r}")
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = -1
+    if workers < 0:
+        raise ValueError(f"data.num_workers must be auto or an integer >= 0, got {value!r}")
+    cpus = cpu_count if cpu_count is not None else usable_cpus()
+    if workers > cpus:
+        log.warning(
+            "data.num_workers=%d is more than the %d CPU(s) this process may use: using %d "
+            "loader workers",
+            workers,
+            cpus,
+            cpus,
+        )
+        return cpus
+    return workers
 
 
 def available_ram() -> int | None:

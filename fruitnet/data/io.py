@@ -18,6 +18,7 @@ from fruitnet.settings import has_image_extension
 
 __all__ = [
     "DECODE_VERSION",
+    "MAX_PIXELS",
     "CorruptImageError",
     "check_image",
     "is_image_file",
@@ -30,12 +31,14 @@ __all__ = [
 # (decoded images, dataset stats) are rebuilt instead of reused.
 DECODE_VERSION = "1"
 
-# Pillow refuses images above ~179 Mpx (2 x its 89 Mpx default) as decompression bombs, and warns
-# above 89 Mpx. Photos from modern cameras and scanned X-rays (8000 x 12000 = 96 Mpx) are real
-# data, so allow up to 16k x 16k; anything bigger is far more likely a bomb than a photo.
-_MAX_PIXELS = 16384 * 16384
-if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < _MAX_PIXELS:
-    Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
+# Pillow warns above its MAX_IMAGE_PIXELS (89 Mpx by default) with a bare `warnings.warn(` line that
+# names no file, and refuses above twice that. Photos from modern cameras and scanned X-rays
+# (8000 x 12000 = 96 Mpx) are real data, so fruitnet reads images up to MAX_PIXELS and refuses a
+# larger one itself, naming the file and its size, once the header is read and before any pixel
+# is decoded (`_open`); Pillow's own check is off, so it has nothing to print.
+MAX_SIDE = 16384
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # 268 Mpx: anything bigger is far more likely a bomb than a photo
+Image.MAX_IMAGE_PIXELS = None
 
 # Modes holding more than 8 bits per sample; Pillow's convert("L") clips them instead of scaling.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -94,17 +97,32 @@ def check_image(path: str | os.PathLike) -> None:
     if size == 0:
         raise CorruptImageError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             if img.format == "JPEG":
                 img.draft(None, (1, 1))
             img.load()
+    except CorruptImageError:
+        raise
     except UnidentifiedImageError as e:
         raise CorruptImageError(path, f"not an image file ({_sniff(path)})") from e
-    except Image.DecompressionBombError as e:
-        raise CorruptImageError(path, f"too large to decode safely ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow reports truncation and bad chunks as OSError, broken headers as SyntaxError.
         raise CorruptImageError(path, f"cannot decode: {e}") from e
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """`Image.open` (the header only), refusing an image over `MAX_PIXELS`."""
+    img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise CorruptImageError(
+            path,
+            f"too large to decode safely: {width} x {height} px ({width * height / 1e6:.0f} Mpx); "
+            f"fruitnet reads images up to {MAX_PIXELS / 1e6:.0f} Mpx ({MAX_SIDE} x {MAX_SIDE}), "
+            "so downscale it",
+        )
+    return img
 
 
 def _sniff(path: Path) -> str:
@@ -173,7 +191,7 @@ def load_image(
     path: str | os.PathLike, *, resize: int | None = None, crop: int | None = None, size: int
 ) -> torch.Tensor:
     """Decode ``path`` into a uint8 ``3 x size x size`` RGB tensor (see `resize_crop`)."""
-    with Image.open(path) as img:
+    with _open(path) as img:
         if img.format == "JPEG":
             # Let libjpeg downscale by 2/4/8 while decoding when the image is much bigger than
             # needed (an 8000 px photo decodes 64x faster); the result never drops below target.

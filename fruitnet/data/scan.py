@@ -8,7 +8,10 @@ One scanner serves every preset (fruits, chest_xray, folder, synthetic):
 - ``auto``:   the first of those that matches, logged.
 
 The class index is the sorted list of the training folder's (non-empty) class folders. Other
-splits are mapped onto it by folder NAME, so a class missing from Test cannot shift labels.
+splits are mapped onto it by folder NAME, so a class missing from Test cannot shift labels. Names
+are compared and stored in Unicode NFC (`fruitnet.data.walk.class_name`): ``Test/Café`` written
+on a Mac (NFD) is the class ``Training/Café`` written on Linux (NFC). A name that still matches
+no training class is shown with its nearest training name and the code points where they differ.
 
 One image never gets two labels or two splits. Links are followed, but each real folder is walked
 once per class folder; a link back to the class folder or to a folder holding it (a loop) is
@@ -16,8 +19,8 @@ skipped with a warning. Files are told apart by what they are on disk (device an
 symbolic link, a hard link or a linked folder reaching a file already seen is the same image:
 reached twice in one class it counts once (the scan line reports the duplicates skipped); in two
 classes or two splits the scan stops with `DataConflictError` naming both paths. Class or split
-folders whose names differ only in case, and a copy of the dataset nested inside a class folder,
-stop the scan as well.
+folders whose names differ only in case (class folders: or in Unicode form), and a copy of the
+dataset nested inside a class folder, stop the scan as well.
 
 The file walker and those checks live in `fruitnet.data.walk`, finding the layout in
 `fruitnet.data.layout`; this module lists the samples, checks every image and splits them.
@@ -39,7 +42,14 @@ from fruitnet.data.catalog import LAYOUTS
 from fruitnet.data.errors import ClassMismatchError, DataConflictError, DataRootError, DataWarning
 from fruitnet.data.io import CorruptImageError, check_image
 from fruitnet.data.layout import data_root_error, resolve_layout
-from fruitnet.data.walk import FileTree, check_conflicts, list_classes, warn_loops
+from fruitnet.data.walk import (
+    FileTree,
+    check_conflicts,
+    list_classes,
+    name_difference,
+    near_name,
+    warn_loops,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -138,12 +148,7 @@ def _map_split(
 ) -> list[Sample]:
     extra = sorted(set(classes) - set(index))
     if extra:
-        lower = {n.lower(): n for n in index}
-        details = []
-        for name in extra:
-            near = lower.get(name.lower())
-            tip = f" (training has {near!r}: names must match exactly)" if near else ""
-            details.append(f"  {split_dir / name}{tip}")
+        details = [f"  {split_dir / name}{_near_tip(name, list(index))}" for name in extra]
         raise ClassMismatchError(
             f"{len(extra)} class folder(s) in the {split} folder {split_dir} have no folder in "
             f"the training folder {train_dir}: {', '.join(map(repr, extra))}\n"
@@ -162,6 +167,17 @@ def _map_split(
             stacklevel=3,
         )
     return [(p, index[name]) for name in sorted(classes) for p in classes[name]]
+
+
+def _near_tip(name: str, known: list[str]) -> str:
+    near = near_name(name, known)
+    if near is None:
+        return ""
+    hit, how = near
+    if how == "in another case":
+        return f" (training has {hit!r}: names must match exactly)"
+    difference = name_difference(name, hit, "here", "in training")
+    return f": did you mean {hit!r} ({how})? They differ at {difference}"
 
 
 def scan_dataset(

@@ -1,9 +1,16 @@
 """Walking the image files of a data root: each real file once, links followed, loops skipped,
-and the checks that one file never gets two labels or two splits (see `fruitnet.data.scan`)."""
+and the checks that one file never gets two labels or two splits (see `fruitnet.data.scan`).
+
+Class names are folder names in Unicode NFC (`class_name`): macOS writes file names decomposed
+(NFD: ``e`` + U+0301, Hangul as separate jamo), Linux and Windows tools composed, so one dataset
+can hold both forms of one name, and only the normalised names compare equal.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +24,64 @@ __all__ = [
     "FileId",
     "FileTree",
     "check_conflicts",
+    "class_name",
     "direct_images",
     "list_classes",
+    "name_difference",
+    "near_name",
     "stat_id",
     "visible_dirs",
     "walk_images",
     "warn_loops",
 ]
+
+
+def class_name(folder_name: str) -> str:
+    """The class a folder name stands for: the name in Unicode NFC, as fruitnet stores and
+    compares every class name (scan, checkpoints, predict output, reports)."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
+def _code_points(text: str) -> str:
+    if not text:
+        return "nothing"
+    return " + ".join(f"U+{ord(ch):04X} {unicodedata.name(ch, '(unnamed)')}" for ch in text)
+
+
+def name_difference(name: str, other: str, where: str = "here", other_where: str = "there") -> str:
+    """Where two names that look alike differ, code point by code point, e.g. ``character 6:
+    U+00A0 NO-BREAK SPACE here, U+0020 SPACE there``: a difference no font shows."""
+    ops = difflib.SequenceMatcher(None, name, other, autojunk=False).get_opcodes()
+    diffs = [
+        f"character {i1 + 1}: {_code_points(name[i1:i2])} {where}, "
+        f"{_code_points(other[j1:j2])} {other_where}"
+        for tag, i1, i2, j1, j2 in ops
+        if tag != "equal"
+    ]
+    more = f"; and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+    return "; ".join(diffs[:3]) + more
+
+
+def _letters(name: str) -> str:
+    # Caseless and compatibility-folded (NFKC: no-break space -> space, full-width -> ASCII,
+    # ligatures split), without invisible format characters (zero-width space, soft hyphen).
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+
+
+def near_name(name: str, known: list[str]) -> tuple[str, str] | None:
+    """``(the known name, how it differs)`` for a class name that is probably one of ``known``
+    written another way, else None. Both sides are NFC already (`class_name`)."""
+    by_case = {k.casefold(): k for k in known}
+    hit = by_case.get(name.casefold())
+    if hit is not None:
+        return hit, "in another case"
+    by_letters = {_letters(k): k for k in known}
+    hit = by_letters.get(_letters(name))
+    if hit is not None:
+        return hit, "the same letters, in another Unicode form"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    return (close[0], "a near spelling") if close else None
 
 
 def visible_dirs(d: Path) -> list[Path]:
@@ -134,34 +192,29 @@ def walk_images(top: Path, *, first_only: bool = False) -> FileTree:
 
 
 def list_classes(split_dir: Path) -> tuple[dict[str, FileTree], list[str]]:
-    """``({class: its files}, [empty class names])`` for one split folder.
+    """``({class: its files}, [empty class names])`` for one split folder, names in NFC.
 
-    Refuses (`DataConflictError`) class folders whose names differ only in case, and a folder
-    inside a class folder named like a split or like another class: a copy of the dataset nested
-    there (``Training/Apple/fruits-360/Training/...``) would label all of it with one class.
+    Refuses (`DataConflictError`) two class folders whose names are equal in NFC or differ only
+    in case, and a folder inside a class folder named like a split or like another class: a copy
+    of the dataset nested there (``Training/Apple/fruits-360/Training/...``) would label all of
+    it with one class.
     """
     classes: dict[str, FileTree] = {}
     empty = []
+    folders: dict[str, list[Path]] = {}
     for c in visible_dirs(split_dir):
+        name = class_name(c.name)
+        folders.setdefault(name, []).append(c)
         tree = walk_images(c)
         if tree.files:
-            classes[c.name] = tree
+            classes[name] = tree
         else:
-            empty.append(c.name)
-    by_case: dict[str, list[str]] = {}
-    for name in classes:
-        by_case.setdefault(name.lower(), []).append(name)
-    clashes = [names for names in by_case.values() if len(names) > 1]
-    if clashes:
-        listed = "; ".join(" and ".join(str(split_dir / n) for n in names) for names in clashes)
-        raise DataConflictError(
-            f"class folders whose names differ only in case: {listed}. They would be two labels "
-            "for one class (and are one folder on a case-insensitive disk): merge or rename them."
-        )
+            empty.append(name)
+    _refuse_twins(folders, classes)
     others = {name.lower(): name for name in classes}
     for name, tree in classes.items():
         for sub in tree.subdirs:
-            key = sub.name.lower()
+            key = class_name(sub.name).lower()
             if key in SPLITLIKE or (key in others and others[key] != name):
                 kind = "a split" if key in SPLITLIKE else f"the class {others[key]!r}"
                 raise DataConflictError(
@@ -170,6 +223,33 @@ def list_classes(split_dir: Path) -> tuple[dict[str, FileTree], list[str]]:
                     f"images {name!r}. Move it out of {split_dir / name}, or rename it."
                 )
     return classes, empty
+
+
+def _refuse_twins(folders: dict[str, list[Path]], classes: dict[str, FileTree]) -> None:
+    """Two folders of one split that name one class: the same name in two Unicode forms (which
+    a macOS disk keeps as one folder), or in two cases (with images in both)."""
+    twins = [paths for paths in folders.values() if len(paths) > 1]
+    if twins:
+        listed = "; ".join(
+            " and ".join(map(str, paths))
+            + f" ({name_difference(paths[0].name, paths[1].name, 'in the first', 'in the second')})"
+            for paths in twins
+        )
+        raise DataConflictError(
+            f"class folders with the same name in two Unicode forms (one composed, NFC, one "
+            f"decomposed, NFD, as macOS writes names): {listed}. They would be two labels for one "
+            "class (and are one folder on a macOS disk): merge them into one folder."
+        )
+    by_case: dict[str, list[Path]] = {}
+    for name in classes:
+        by_case.setdefault(name.lower(), []).extend(folders[name])
+    clashes = [paths for paths in by_case.values() if len(paths) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(map(str, paths)) for paths in clashes)
+        raise DataConflictError(
+            f"class folders whose names differ only in case: {listed}. They would be two labels "
+            "for one class (and are one folder on a case-insensitive disk): merge or rename them."
+        )
 
 
 def warn_loops(trees: dict[str, dict[str, FileTree]]) -> None:

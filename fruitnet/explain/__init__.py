@@ -14,6 +14,12 @@ hooks, on the layer the model registry names as ``ModelSpec.cam_layer``) and
 optional extra (``pip install 'fruitnet[explain]'``), imported only when maps are made: it is pure
 Python on top of torch, where the grad-cam package would bring OpenCV, SciPy and scikit-learn along.
 
+Two classes are the exception (`CamExplainer.maps(contrast=True)`, eval's mistakes grid and
+`cam_mean.png`): when one class is only the absence of the other's evidence (NORMAL vs
+PNEUMONIA), every ReLU'd map of that class is zero. There the map is the signed, un-ReLU'd
+Grad-CAM of the logit difference z_c - z_other (the log-odds of c): red where the image speaks for
+c, blue where it speaks for the other class; the two classes' maps are each other's negative.
+
 Images go in as predict and the datamodule feed them (uint8, already resized/cropped by
 `fruitnet.data.io.load_image`), are normalised with the checkpoint's mean/std (`BatchTransform`,
 norm=true or false alike) and go through the network in batches, in fp32, on the CPU or a GPU.

@@ -1,6 +1,9 @@
 """Grad-CAM figures: one image with its map, the mistakes grid and the per-class mean maps.
 
-Built on `matplotlib.figure.Figure` without pyplot, like `fruitnet.plots`.
+Built on `matplotlib.figure.Figure` without pyplot, like `fruitnet.plots`. Plain maps (0..1) are
+drawn in jet: red = strongest evidence for the class, blue = none. Signed maps of a logit
+difference (-1..1, `CamExplainer.maps(contrast=True)`) in red-white-blue: red = evidence for the
+class named, blue = evidence for the other class, white = neither. Every figure says which.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -17,7 +22,9 @@ from fruitnet.explain.gradcam import normalize_maps
 from fruitnet.plots import shorten
 
 CMAP = "jet"
+SIGNED_CMAP = "RdBu_r"  # diverging: blue -1, white 0, red +1
 ALPHA = 0.45
+PLAIN_KEY = "red: strongest evidence for the class, blue: none"
 
 
 def _hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -28,26 +35,44 @@ def _hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(image)
 
 
-def _overlay(ax, image: np.ndarray, cam: np.ndarray | None) -> Any:
+def _map_style(signed: bool) -> dict[str, Any]:
+    if signed:
+        return {"cmap": SIGNED_CMAP, "vmin": -1.0, "vmax": 1.0}
+    return {"cmap": CMAP, "vmin": 0.0, "vmax": 1.0}
+
+
+def _overlay(ax, image: np.ndarray, cam: np.ndarray | None, signed: bool = False) -> Any:
     ax.imshow(image, interpolation="bilinear")
     im = None
     if cam is not None:
         im = ax.imshow(
-            np.ma.masked_invalid(cam), cmap=CMAP, alpha=ALPHA, vmin=0.0, vmax=1.0,
-            interpolation="bilinear",
-        )  # fmt: skip
+            np.ma.masked_invalid(cam), alpha=ALPHA, interpolation="bilinear", **_map_style(signed)
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     return im
 
 
-def _note_if_empty(ax, cam: np.ndarray) -> None:
+def _note_if_empty(ax, cam: np.ndarray, signed: bool = False) -> None:
     """Grad-CAM keeps only positive evidence; an all-zero map would otherwise pass for a map."""
-    if not np.nanmax(cam, initial=0.0) > 0:
+    if not np.nanmax(np.abs(cam), initial=0.0) > 0:
         ax.text(
-            0.5, 0.5, "no positive\nevidence", transform=ax.transAxes, ha="center",
-            va="center", fontsize=8, color="white",
+            0.5, 0.5, "no evidence\neither way" if signed else "no positive\nevidence",
+            transform=ax.transAxes, ha="center", va="center", fontsize=8, color="white",
         )  # fmt: skip
+
+
+def _colorbar(fig: Figure, cax: Any, ends: tuple[str, str] | None = None) -> None:
+    """The colour bar, opaque (the overlays are translucent), its ends named: what red and blue
+    mean. ``ends``: the (blue, red) names of a signed map's ends; None for a plain 0..1 map."""
+    style = _map_style(ends is not None)
+    scale = Normalize(style["vmin"], style["vmax"])
+    bar = fig.colorbar(ScalarMappable(scale, style["cmap"]), cax=cax)
+    if ends is not None:
+        bar.set_ticks([-1.0, 0.0, 1.0], labels=[ends[0], "0", ends[1]])
+    else:
+        bar.set_ticks([0.0, 0.5, 1.0], labels=["none", "0.5", "peak"])
+    cax.tick_params(labelsize=7)
 
 
 def overlay_figure(
@@ -79,7 +104,7 @@ def overlay_figure(
 
     ax_image, ax_cam = axes(left, panel), axes(left + panel + gap, panel)
     _overlay(ax_image, image, None)
-    im = _overlay(ax_cam, image, cam)
+    _overlay(ax_cam, image, cam)
     _note_if_empty(ax_cam, cam)
     ax_image.set_title("image", fontsize=9)
     ax_cam.set_title("Grad-CAM", fontsize=9)
@@ -92,8 +117,7 @@ def overlay_figure(
                 )
             )
     cax = axes(left + 2 * panel + gap + 0.12, bar)
-    fig.colorbar(im, cax=cax)
-    cax.tick_params(labelsize=8)
+    _colorbar(fig, cax)
     heading = title if subtitle is None else f"{title}\n{subtitle}"
     fig.text(0.5, 1 - 0.08 / height, heading, ha="center", va="top", fontsize=10)
     return fig
@@ -102,14 +126,16 @@ def overlay_figure(
 class _Grid:
     """Fixed layout in inches (matplotlib's automatic layouts leave tall grids with a wide empty
     band under the title): ``rows x cols`` square cells, a caption line above each, a colour bar
-    on the right, a title block on top."""
+    on the right, the title's lines on top."""
 
-    def __init__(self, rows: int, cols: int, cell: float, title_h: float, caption_h: float):
+    def __init__(self, rows: int, cols: int, cell: float, caption_h: float, title: str):
+        title_h = 0.15 + 0.17 * (title.count("\n") + 1)
         self.cell, self.caption_h, self.title_h = cell, caption_h, title_h
         self.gap, self.left, self.bar, self.right = 0.08, 0.1, 0.12, 0.45
         self.width = self.left + cols * (cell + self.gap) + 0.1 + self.bar + self.right
         self.height = title_h + rows * (caption_h + cell) + 0.1
         self.fig = Figure(figsize=(self.width, self.height))
+        self.fig.text(0.5, 1 - 0.08 / self.height, title, ha="center", va="top", fontsize=10)
 
     def _axes(self, x: float, y_top: float, w: float, h: float):
         return self.fig.add_axes(
@@ -121,21 +147,17 @@ class _Grid:
         y = self.title_h + r * (self.caption_h + self.cell) + self.caption_h
         return self._axes(x, y, self.cell, self.cell)
 
-    def colorbar(self, im: Any, cols: int, rows: int) -> None:
+    def colorbar(self, cols: int, rows: int, ends: tuple[str, str] | None = None) -> None:
         h = min(rows * (self.caption_h + self.cell) - self.caption_h, 3.0)
         x = self.left + cols * (self.cell + self.gap) + 0.1
         cax = self._axes(x, self.title_h + self.caption_h, self.bar, h)
-        self.fig.colorbar(im, cax=cax)
-        cax.tick_params(labelsize=8)
-
-    def title(self, text: str) -> None:
-        self.fig.text(0.5, 1 - 0.08 / self.height, text, ha="center", va="top", fontsize=10)
+        _colorbar(self.fig, cax, ends)
 
 
 def mistakes_cam_figure(
     images: torch.Tensor,
     pred_maps: torch.Tensor,
-    true_maps: torch.Tensor,
+    true_maps: torch.Tensor | None,
     true_names: Sequence[str],
     pred_names: Sequence[str],
     probs: Sequence[float],
@@ -144,30 +166,37 @@ def mistakes_cam_figure(
 ) -> Figure:
     """One row per mistake: the image, Grad-CAM for the predicted class, Grad-CAM for the true
     class (each map scaled to 0..1 on its own). ``images`` uint8 ``N x 3 x S x S``, maps
-    ``N x S x S``."""
+    ``N x S x S``. ``true_maps=None`` (two classes): ``pred_maps`` are the signed maps of
+    logit(predicted) - logit(true) (`CamExplainer.maps(contrast=True)`), one column, red for the
+    predicted class and blue for the true one."""
     n = images.shape[0]
-    pred_maps, true_maps = normalize_maps(pred_maps), normalize_maps(true_maps)
-    grid = _Grid(n, 3, cell=1.7, title_h=0.6, caption_h=0.22)
-    im = None
+    signed = true_maps is None
+    maps = [normalize_maps(pred_maps)] + ([] if signed else [normalize_maps(true_maps)])
+    cols = 1 + len(maps)
+    if signed:
+        key = (
+            "columns: image | Grad-CAM of logit(pred) - logit(true)\n"
+            "red: evidence for the predicted class,\nblue: evidence for the true class"
+        )
+    else:
+        key = f"columns: image | Grad-CAM for the predicted class | for the true class\n{PLAIN_KEY}"
+    text = (title or f"{n} most confident mistakes") + "\n" + key
+    grid = _Grid(n, cols, cell=1.7, caption_h=0.22, title=text)
     for i in range(n):
         image = _hwc(images[i])
-        axes = [grid.cell_axes(i, c) for c in range(3)]
+        axes = [grid.cell_axes(i, c) for c in range(cols)]
         _overlay(axes[0], image, None)
-        im = _overlay(axes[1], image, pred_maps[i].numpy())
-        _overlay(axes[2], image, true_maps[i].numpy())
-        _note_if_empty(axes[1], pred_maps[i].numpy())
-        _note_if_empty(axes[2], true_maps[i].numpy())
+        for ax, m in zip(axes[1:], maps, strict=True):
+            _overlay(ax, image, m[i].numpy(), signed)
+            _note_if_empty(ax, m[i].numpy(), signed)
         axes[0].set_title(f"true: {shorten(true_names[i], 22)}", fontsize=8)
         axes[1].set_title(
             f"pred: {shorten(pred_names[i], 14)} ({probs[i]:.2f})", fontsize=8, color="#c00000"
         )
-        axes[2].set_title(f"map for {shorten(true_names[i], 18)}", fontsize=8)
-    if im is not None:
-        grid.colorbar(im, 3, n)
-    grid.title(
-        (title or f"{n} most confident mistakes")
-        + "\ncolumns: image | Grad-CAM for the predicted class | for the true class"
-    )
+        if not signed:
+            axes[2].set_title(f"map for {shorten(true_names[i], 18)}", fontsize=8)
+    if n:
+        grid.colorbar(cols, n, ("true\nclass", "pred.\nclass") if signed else None)
     return grid.fig
 
 
@@ -178,26 +207,35 @@ def mean_map_figure(
     counts: Sequence[int],
     *,
     title: str | None = None,
+    signed: bool = False,
 ) -> Figure:
     """One column per class: the mean of its test images with the mean of their (0..1 scaled)
-    Grad-CAM maps for that class over it, and the mean map alone below."""
+    Grad-CAM maps for that class over it, and the mean map alone below. ``signed``: the maps
+    are signed maps of logit(class) - logit(other) (-1..1, `class_mean_maps(contrast=True)`):
+    red for the column's class, blue for the other."""
     k = len(names)
-    grid = _Grid(2, k, cell=2.6, title_h=0.6, caption_h=0.25)
-    im = None
+    if signed:
+        key = (
+            "Mean Grad-CAM of logit(class) - logit(other class)\n"
+            "over each class's test images, on their mean image\n"
+            "red: evidence for the column's class, blue: for the other"
+        )
+    else:
+        key = (
+            "Mean Grad-CAM per class: the map for that class\n"
+            f"over the class's test images, on their mean image\n{PLAIN_KEY}"
+        )
+    # A caller's title goes above the key: the figure always says what the colours mean.
+    grid = _Grid(2, k, cell=2.6, caption_h=0.25, title=f"{title}\n{key}" if title else key)
     for c in range(k):
         cam = mean_maps[c].numpy()
         top, bottom = grid.cell_axes(0, c), grid.cell_axes(1, c)
-        im = _overlay(top, _hwc(mean_images[c]), cam)
+        _overlay(top, _hwc(mean_images[c]), cam, signed)
         top.set_title(f"{shorten(names[c], 26)} ({counts[c]} images)", fontsize=9)
-        bottom.imshow(cam, cmap=CMAP, vmin=0.0, vmax=1.0, interpolation="bilinear")
+        bottom.imshow(cam, interpolation="bilinear", **_map_style(signed))
         bottom.set_xticks([])
         bottom.set_yticks([])
-        bottom.set_title("mean map", fontsize=9)
-    if im is not None:
-        grid.colorbar(im, k, 2)
-    grid.title(
-        title
-        or "Mean Grad-CAM per class\n(over each class's test images, map for that class, "
-        "on the mean image)"
-    )
+        bottom.set_title(f"mean map for {shorten(names[c], 18)}", fontsize=9)
+    if k:
+        grid.colorbar(k, 2, ("other\nclass", "this\nclass") if signed else None)
     return grid.fig

@@ -125,8 +125,9 @@ def cam_layer_of(net: nn.Module, model_name: str | None, input_size: int) -> str
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``H x W`` map divided by its maximum, so it spans 0..1 (an all-zero map stays 0)."""
-    peak = maps.flatten(-2).amax(-1)[..., None, None]
+    """Each ``H x W`` map divided by its largest absolute value: a Grad-CAM map spans 0..1, a
+    signed (``contrast``) map -1..1 with its sign kept; an all-zero map stays 0."""
+    peak = maps.flatten(-2).abs().amax(-1)[..., None, None]
     return torch.where(peak > 0, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
 
 
@@ -169,6 +170,7 @@ class CamExplainer:
         self.layer_name = layer or cam_layer_of(net, self.model_name, self.input_size)
         self.layer = net.get_submodule(self.layer_name)
         self._cam = attr.LayerGradCam(self.module, self.layer)
+        self._contrast_cam = attr.LayerGradCam(self._contrast_logits, self.layer)
         self._interpolate = attr.LayerAttribution.interpolate
 
     def __repr__(self) -> str:
@@ -176,6 +178,15 @@ class CamExplainer:
             f"CamExplainer(model={self.model_name!r}, layer={self.layer_name!r}, "
             f"input_size={self.input_size}, device={self.device})"
         )
+
+    def _contrast_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Each class's logit minus the mean of the others' (two classes: z_c - z_other, the
+        log-odds of c): its map shows what tells the class apart, for it (+) and against (-)."""
+        logits = self.module(x)
+        k = logits.shape[-1]
+        if k < 2:
+            return logits
+        return logits - (logits.sum(-1, keepdim=True) - logits) / (k - 1)
 
     @torch.no_grad()
     def probs(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -192,10 +203,18 @@ class CamExplainer:
         targets: int | Sequence[int] | torch.Tensor | None = None,
         *,
         batch_size: int = 32,
+        contrast: bool = False,
     ) -> torch.Tensor:
         """Grad-CAM for uint8 ``N x 3 x S x S`` images (as `load_image` decodes them), for one
         class per image (``targets``; None = the predicted class): float32 ``N x S x S`` on the
-        CPU, non-negative, in the layer's units (`normalize_maps` scales each to 0..1)."""
+        CPU, in the layer's units (`normalize_maps` scales each to 0..1, or -1..1).
+
+        Plain Grad-CAM keeps the positive part of the class score's map (ReLU): the regions that
+        raise it. ``contrast=True`` gives the signed map of the class's logit minus the others'
+        mean instead, no ReLU: positive where the image speaks for the class, negative where it
+        speaks for the other class(es). For two classes the maps of the two are each other's
+        negative, and neither is blank when one class is only the absence of the other's
+        evidence (its plain map is zero everywhere)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise TypeError(
                 f"expected uint8 N x 3 x H x W images, got {images.dtype} {list(images.shape)}"
@@ -217,8 +236,9 @@ class CamExplainer:
             for start in range(0, n, step):
                 chunk = images[start : start + step].to(self.device)
                 x = self.transform(chunk).requires_grad_(True)  # frozen weights still get a map
-                cam = self._cam.attribute(
-                    x, target=target[start : start + step].tolist(), relu_attributions=True
+                explain = self._contrast_cam if contrast else self._cam
+                cam = explain.attribute(
+                    x, target=target[start : start + step].tolist(), relu_attributions=not contrast
                 )
                 if cam.dim() != 4:
                     raise ValueError(
@@ -255,9 +275,11 @@ def class_mean_maps(
     *,
     limit: int = 200,
     batch_size: int = 32,
+    contrast: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
-    """Per class: the mean image and the mean 0..1 map for that class over (at most ``limit``,
-    evenly spaced) test images of that class. ``dataset[i]`` is ``(uint8 3 x S x S, label)``."""
+    """Per class: the mean image and the mean 0..1 map for that class (-1..1 signed maps with
+    ``contrast``, see `CamExplainer.maps`) over (at most ``limit``, evenly spaced) test images
+    of that class. ``dataset[i]`` is ``(uint8 3 x S x S, label)``."""
     images, maps, counts = [], [], []
     for c in range(num_classes):
         chosen = sample_evenly((labels == c).nonzero().flatten().tolist(), limit)
@@ -265,7 +287,8 @@ def class_mean_maps(
         map_sum: torch.Tensor | None = None
         for start in range(0, len(chosen), max(1, batch_size)):
             batch = torch.stack([dataset[i][0] for i in chosen[start : start + batch_size]])
-            m = normalize_maps(explainer.maps(batch, c, batch_size=batch_size)).sum(0)
+            maps_c = explainer.maps(batch, c, batch_size=batch_size, contrast=contrast)
+            m = normalize_maps(maps_c).sum(0)
             s = batch.double().sum(0)
             image_sum = s if image_sum is None else image_sum + s
             map_sum = m if map_sum is None else map_sum + m

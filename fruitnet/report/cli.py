@@ -1,4 +1,5 @@
-"""The report's command line: print the table, write report.md and report.png (and curves.png)."""
+"""The report's command line: print the tables (one per kind of run), write report.md and
+report.png (and curves.png)."""
 
 from __future__ import annotations
 
@@ -13,29 +14,38 @@ from typing import Any
 from fruitnet.files import write_text
 from fruitnet.plots import save_figure
 from fruitnet.report.figures import accuracy_vs_size_figure, write_curves
-from fruitnet.report.runs import default_logs_dir, load_runs
-from fruitnet.report.table import markdown_table
+from fruitnet.report.runs import REPORT_KINDS, default_logs_dir, load_runs, run_kind
+from fruitnet.report.table import markdown_tables
+
+_KIND_WORDS = {"train": "training run(s)", "eval": "evaluation(s)", "search": "search(es)"}
+
+
+def count_runs(runs: Sequence[dict[str, Any]]) -> str:
+    """How many runs of each kind, e.g. "2 training run(s), 1 evaluation(s)"."""
+    counts = {k: sum(run_kind(r) == k for r in runs) for k in REPORT_KINDS}
+    return ", ".join(f"{n} {_KIND_WORDS[k]}" for k, n in counts.items() if n) or "0 runs"
 
 
 def write_report(
     runs: Sequence[dict[str, Any]], out_dir: str | os.PathLike, sources: Sequence[str] = ()
 ) -> tuple[Path, Path]:
-    """Write report.md (the table) and report.png (accuracy vs size) into out_dir."""
+    """Write report.md (one table per kind of run) and report.png (accuracy vs size) into
+    out_dir."""
     out = Path(out_dir)
     png = save_figure(accuracy_vs_size_figure(runs), out / "report.png", dpi=120, tight=False)
     lines = [
         "# fruitnet report",
         "",
-        f"{len(runs)} run(s), generated {dt.datetime.now().isoformat(timespec='seconds')}"
+        f"{count_runs(runs)}, generated {dt.datetime.now().isoformat(timespec='seconds')}"
         + (f" from {', '.join(f'`{s}`' for s in sources)}" if sources else "")
         + ".",
         "",
-        markdown_table(runs),
+        markdown_tables(runs, notes=True),
         "",
-        "weights MiB: the network's state_dict file (the study's size measure); ckpt MiB: the "
-        "Lightning checkpoint of the best epoch; latency: ms per image at batch 1 on the "
-        "training device; train time: the whole run (fit and test); images/s: training "
-        "throughput.",
+        "## Test accuracy vs model size",
+        "",
+        "Training runs (filled) and evaluations (hollow); the numbers key into the list beside "
+        "the plot.",
         "",
         f"![test accuracy vs model size]({png.name})",
         "",
@@ -64,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--curves",
         action="store_true",
-        help="also write curves.png: train/val loss and accuracy per epoch of every run",
+        help="also write curves.png: train/val loss and accuracy per epoch of every training run",
     )
     return parser
 
@@ -81,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(markdown_table(runs))
+    print(markdown_tables(runs))
     md, png = write_report(runs, args.out, sources)
-    print(f"\n{len(runs)} run(s); wrote {md} and {png}")
+    print(f"\n{count_runs(runs)}; wrote {md} and {png}")
     if args.curves:
-        print(f"wrote {write_curves(runs, Path(args.out) / 'curves.png')}")
+        trained = [r for r in runs if run_kind(r) == "train"]
+        print(f"wrote {write_curves(trained, Path(args.out) / 'curves.png')}")
     return 0

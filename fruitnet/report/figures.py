@@ -1,8 +1,10 @@
-"""Report figures: test accuracy against model size, and per-epoch training curves."""
+"""Report figures: test accuracy against model size (numbered points, keyed in a list of the
+runs beside the plot), and per-epoch training curves."""
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,18 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullF
 from PIL import Image
 
 from fruitnet.files import atomic_path
-from fruitnet.report.runs import epoch_curve, read_metrics, run_label, to_number
+from fruitnet.report.runs import (
+    epoch_curve,
+    model_words,
+    read_metrics,
+    run_kind,
+    run_label,
+    to_number,
+)
 
-MARKERS = {"cnn": "o", "resnet50": "s", "proxyless": "^"}
-OTHER_MARKERS = ["D", "v", "P", "X", "*", "h"]
+MARKERS = {"cnn": "o", "resnet50": "s", "proxyless": "^", "searched net": "*"}
+KEY_WIDTH = 78  # characters per line of the list of runs beside the plot
+OTHER_MARKERS = ["D", "v", "P", "X", "h", "p"]
 # The four training curves of `--curves` / `write_curves`: loss and accuracy, train and val
 CURVE_PANELS = (
     ("train/loss_epoch", "training loss"),
@@ -34,6 +44,10 @@ def _size_mib(run: dict[str, Any]) -> float | None:
     return None
 
 
+def _marker_key(run: dict[str, Any]) -> str:
+    return "searched net" if model_words(run).startswith("searched net") else str(run.get("model"))
+
+
 def _marker_for(model: str, seen: dict[str, str]) -> str:
     if model in MARKERS:
         return MARKERS[model]
@@ -42,24 +56,33 @@ def _marker_for(model: str, seen: dict[str, str]) -> str:
     return seen[model]
 
 
-def accuracy_vs_size_figure(runs: Sequence[dict[str, Any]], *, title: str | None = None) -> Figure:
-    """Test accuracy (%) against model size (weights MiB), one marker per run.
+Point = tuple[dict[str, Any], float, float]  # (run, size MiB, test accuracy %)
 
-    Marker shape = model, colour = data set; each point is labelled "model/norm" (or
-    "model/raw"), with "@data" when the runs cover several data sets. With many runs (a sweep)
-    only the best run of each label is annotated, so the text stays readable.
+
+def accuracy_vs_size_figure(runs: Sequence[dict[str, Any]], *, title: str | None = None) -> Figure:
+    """Test accuracy (%) against model size (weights MiB), one numbered marker per training run
+    or evaluation (searches have no test accuracy).
+
+    Marker shape = model (searched nets their own), colour = data set, filled = training run,
+    hollow = evaluation of a checkpoint. The numbers key into the list beside the plot, which
+    names each run (`run_label`: experiment or folder, model, norm in words); points whose
+    numbers would overlap share one label ("1,2": e.g. a run and an evaluation of its
+    checkpoint).
     """
+    shown = [r for r in runs if run_kind(r) in ("train", "eval")]
     points = [
         (r, size, 100 * acc)
-        for r in runs
+        for r in shown
         if (size := _size_mib(r)) is not None and (acc := to_number(r.get("test_acc"))) is not None
     ]
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    key = _run_key(points)
+    fig = Figure(figsize=(12, max(5.5, 1.0 + 0.17 * len(key))), layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, key_ax = fig.subplots(1, 2, width_ratios=(1.25, 1))
+    key_ax.axis("off")
     ax.set_xlabel("model size: weights file (MiB)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or f"Test accuracy vs model size ({len(points)} of {len(runs)} runs)")
+    ax.set_title(title or f"Test accuracy vs model size ({len(points)} of {len(shown)} runs)")
     ax.grid(True, alpha=0.3)
     if not points:
         ax.text(
@@ -77,37 +100,66 @@ def accuracy_vs_size_figure(runs: Sequence[dict[str, Any]], *, title: str | None
     _scatter_runs(ax, points, colors, markers)
     _scale_axes(ax, points)
     _legend(ax, points, colors, markers)
+    key_ax.text(
+        0.0, 1.0, "\n".join(key), transform=key_ax.transAxes, ha="left", va="top",
+        fontsize=7.5, family="monospace", linespacing=1.5,
+    )  # fmt: skip
+    fig.draw_without_rendering()  # the final layout: label overlaps are measured in it
+    _number_points(ax, points)
     return fig
-
-
-Point = tuple[dict[str, Any], float, float]  # (run, size MiB, test accuracy %)
 
 
 def _scatter_runs(
     ax: Any, points: Sequence[Point], colors: dict[str, str], markers: dict[str, str]
 ) -> None:
-    with_data = len(colors) > 1
-    best_of_label: dict[str, float] = {}
-    for r, _, acc in points:
-        label = run_label(r, with_data=with_data)
-        best_of_label[label] = max(acc, best_of_label.get(label, -1.0))
-    annotate_all = len(points) <= 12
-    done: set[str] = set()
     for r, size, acc in points:
+        color = colors[str(r.get("data"))]
+        evaluation = run_kind(r) == "eval"
         ax.scatter(
             size,
             acc,
-            marker=_marker_for(str(r.get("model")), markers),
-            s=70,
-            color=colors[str(r.get("data"))],
-            edgecolor="black",
-            linewidth=0.6,
+            marker=_marker_for(_marker_key(r), markers),
+            s=90 if evaluation else 70,
+            color="none" if evaluation else color,
+            edgecolor=color if evaluation else "black",
+            linewidth=1.6 if evaluation else 0.6,
             zorder=3,
         )
-        label = run_label(r, with_data=with_data)
-        if annotate_all or (acc == best_of_label[label] and label not in done):
-            done.add(label)
-            ax.annotate(label, (size, acc), xytext=(6, 5), textcoords="offset points", fontsize=9)
+
+
+def _run_key(points: Sequence[Point]) -> list[str]:
+    """The lines of the numbered list of runs beside the plot: number, then what the run is
+    (`run_label`), wrapped."""
+    with_data = len({str(r.get("data")) for r, _, _ in points}) > 1
+    lines = []
+    for i, (r, _, _) in enumerate(points, 1):
+        lines += textwrap.wrap(
+            run_label(r, with_data=with_data), KEY_WIDTH, initial_indent=f"{i:>3}  ",
+            subsequent_indent=" " * 7, break_on_hyphens=False,
+        )  # fmt: skip
+    return lines
+
+
+def _number_points(ax: Any, points: Sequence[Point]) -> None:
+    """Each point's number beside it; a label that would overlap one already placed joins it
+    ("1,2"), so no two labels cover each other."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list[Any] = []
+    for i, (_, size, acc) in enumerate(points, 1):
+        label = ax.annotate(
+            str(i), (size, acc), xytext=(6, 5), textcoords="offset points", fontsize=9, zorder=4
+        )
+        label.set_in_layout(False)
+        while True:
+            box = label.get_window_extent(renderer)
+            hit = next((p for p in placed if p.get_window_extent(renderer).overlaps(box)), None)
+            if hit is None:
+                placed.append(label)
+                break
+            placed.remove(hit)
+            hit.set_text(f"{hit.get_text()},{label.get_text()}")
+            label.remove()
+            label = hit
 
 
 def _scale_axes(ax: Any, points: Sequence[Point]) -> None:
@@ -130,18 +182,22 @@ def _legend(
 ) -> None:
     handles = [
         ax.scatter(
-            [],
-            [],
-            marker=_marker_for(model, markers),
-            color="white",
-            edgecolor="black",
+            [], [], marker=_marker_for(model, markers), color="white", edgecolor="black",
             label=model,
         )
-        for model in sorted({str(r.get("model")) for r, _, _ in points})
-    ]
+        for model in sorted({_marker_key(r) for r, _, _ in points})
+    ]  # fmt: skip
     handles += [
         ax.scatter([], [], marker="o", color=c, label=f"data: {d}") for d, c in colors.items()
     ]
+    if any(run_kind(r) == "eval" for r, _, _ in points):
+        handles += [
+            ax.scatter([], [], marker="o", color="0.5", edgecolor="black", label="training run"),
+            ax.scatter(
+                [], [], marker="o", color="none", edgecolor="0.5", linewidth=1.6,
+                label="evaluation",
+            ),
+        ]  # fmt: skip
     ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
 
 

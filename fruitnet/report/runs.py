@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fruitnet.record import kind_of
 from fruitnet.settings import root_dir
 
 RESULTS_NAME = "results.json"
@@ -50,15 +51,29 @@ def find_result_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
+# The kinds of run the report shows, in the order of its tables; a study sums runs up in its own
+# report and is no run here.
+REPORT_KINDS = ("train", "eval", "search")
+KIND_TITLES = {"train": "Training runs", "eval": "Evaluations", "search": "Architecture searches"}
+# What eval records written before `kind` held at the top level although it described training
+_LEGACY_EVAL_TRAINED = {
+    "val_acc": "val_acc", "epochs": "ckpt_epochs", "global_step": "ckpt_global_step",
+    "optimizer": "optimizer", "lr": "lr", "pretrained": "pretrained",
+    "weights_source": "weights_source",
+}  # fmt: skip
+
+
 def load_runs(
     paths: Iterable[str | os.PathLike] | None = None, *, warn: Callable[[str], Any] | None = None
 ) -> list[dict[str, Any]]:
     """Read the runs' results.json files (default: everything under `default_logs_dir()`).
 
-    Each run dict is the file's content plus `results_path` and `run_path` (where the file is
-    now, which may differ from the recorded `run_dir` when logs were moved) and a short `label`.
-    Files that are unreadable or are not training results are skipped with a message to `warn`
-    (stderr by default). Sorted by data set, model, norm and label.
+    Each run dict is the file's content plus `kind` ("train", "eval" or "search"; inferred for
+    records older than the key, `fruitnet.record.kind_of`), `results_path` and `run_path` (where
+    the file is now, which may differ from the recorded `run_dir` when logs were moved), a short
+    `label`, and for an evaluation `trained_label` (its training run's label, or folder name).
+    Files that are unreadable or no fruitnet run are skipped with a message to `warn` (stderr by
+    default). Sorted by kind, data set, model, norm and label.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     paths = [default_logs_dir()] if paths is None else list(paths)
@@ -69,19 +84,60 @@ def load_runs(
         except (OSError, ValueError) as err:
             warn(f"skipping {path}: {err}")
             continue
-        if not isinstance(data, dict) or "model" not in data:
-            warn(f"skipping {path}: not a fruitnet training result (no 'model' key)")
+        kind = kind_of(data) if isinstance(data, dict) else None
+        if kind not in REPORT_KINDS:
+            why = (
+                f"a {kind} record, not a run"
+                if kind
+                else "not a fruitnet record (no 'kind', 'model' or search keys)"
+            )
+            warn(f"skipping {path}: {why}")
             continue
+        if kind == "eval" and "trained" not in data:
+            _upgrade_legacy_eval(data)
+        data["kind"] = kind
         data["results_path"] = str(path)
         data["run_path"] = str(path.parent)
         runs.append(data)
     labels = _labels([Path(r["run_path"]) for r in runs])
+    by_dir: dict[Path, str] = {}
     for run, label in zip(runs, labels, strict=True):
         run["label"] = label
+        by_dir[Path(run["run_path"]).resolve()] = label
+    for run in runs:
+        if run["kind"] == "eval":
+            run["trained_label"] = _trained_label(run, by_dir)
     runs.sort(
-        key=lambda r: (str(r.get("data")), str(r.get("model")), bool(r.get("norm")), r["label"])
-    )
+        key=lambda r: (
+            REPORT_KINDS.index(r["kind"]), str(r.get("data")), str(r.get("model")),
+            bool(r.get("norm")), r["label"],
+        )
+    )  # fmt: skip
     return runs
+
+
+def _upgrade_legacy_eval(run: dict[str, Any]) -> None:
+    """An eval record written before `kind`: its training values (the checkpoint's epoch, best
+    val accuracy, optimizer) move under `trained`, as `fruitnet.record.EVAL_KEYS` has them, so
+    no table shows them as the evaluation's own."""
+    trained = {new: run.pop(old, None) for old, new in _LEGACY_EVAL_TRAINED.items()}
+    for key in ("train_images_per_s", "latency_ms_b1", "latency_batch", "latency_ms_batch"):
+        run.pop(key, None)  # training's measures, null in these records
+    run.setdefault("ckpt_path", run.pop("best_ckpt", None))
+    run["trained"] = trained
+
+
+def _trained_label(run: dict[str, Any], by_dir: dict[Path, str]) -> str | None:
+    """Where an evaluation's checkpoint was trained: that run's label when it is in the report,
+    else its folder (the checkpoint file when it sits in no run folder)."""
+    where = (run.get("trained") or {}).get("run_dir")
+    ckpt = Path(str(run.get("ckpt_path") or ""))
+    if not where and ckpt.parent.name == "checkpoints":  # run/checkpoints/x.ckpt
+        where = str(ckpt.parent.parent)
+    if not where:
+        return f"{ckpt.parent.name}/{ckpt.name}" if run.get("ckpt_path") else None
+    where = Path(where)
+    return by_dir.get(where.resolve(), f"{where.parent.name}/{where.name}")
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -97,11 +153,42 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
     return [str(p.relative_to(common)) for p in run_dirs]
 
 
-def run_label(run: dict[str, Any], *, with_data: bool = False) -> str:
-    """Plot label: "model/norm" or "model/raw", plus "@data" when several data sets are shown."""
+def run_kind(run: dict[str, Any]) -> str:
+    """A run dict's kind: set by `load_runs`, else what its keys tell (a hand-made dict)."""
+    return run.get("kind") or kind_of(run) or "train"
+
+
+def norm_words(run: dict[str, Any]) -> str:
+    """What ``norm`` did to the input, in words."""
     norm = run.get("norm")
-    text = f"{run.get('model', '?')}/{'norm' if norm else 'raw' if norm is not None else '?'}"
-    return f"{text}@{run.get('data', '?')}" if with_data else text
+    if norm is None:
+        return "input scaling unknown"
+    return "ImageNet-normalised input" if norm else "raw pixels /255 (norm=false)"
+
+
+def model_words(run: dict[str, Any]) -> str:
+    """The model's name; a ProxylessNAS net built from a net config (a search's arch.json) is
+    named a searched net, with the folder of its config."""
+    model = str(run.get("model", "?"))
+    arch = run.get("arch")
+    if model == "proxyless" and arch:
+        return f"searched net ({Path(str(arch)).parent.name or Path(str(arch)).name})"
+    return model
+
+
+def run_label(run: dict[str, Any], *, with_data: bool = False) -> str:
+    """Which run a plot point is: "<name>: <model>, <norm in words>", plus "on <data>" when
+    several data sets are shown. The name: the experiment and the run's folder label (or the
+    label alone); for an evaluation "eval <label> of <training experiment or run>"."""
+    where = run.get("label") or Path(str(run.get("run_dir", "?"))).name
+    if run_kind(run) == "eval":
+        source = (run.get("trained") or {}).get("experiment") or run.get("trained_label")
+        name = f"eval {where}" + (f" of {source}" if source else "")
+    else:
+        experiment = run.get("experiment")
+        name = f"{experiment} ({where})" if experiment else str(where)
+    text = f"{name}: {model_words(run)}, {norm_words(run)}"
+    return f"{text}, on {run.get('data', '?')}" if with_data else text
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float]]:

@@ -159,6 +159,7 @@ def write_outputs(
         png = save_figure(edge_probs_figure(history, names), output_dir / "edge_probs.png")
     val = module.trainer.callback_metrics.get("val/acc") if module._trainer is not None else None
     results = {
+        "kind": "search",  # fruitnet.record.KINDS
         "arch_path": str(arch_path),
         "chosen": [names[e][c] for e, c in enumerate(choices)],
         "target_latency_ms": target_ms,

@@ -66,7 +66,8 @@ def test_it_evaluates(tmp_path, data_dir):
     results = run_eval(compose_cfg(overrides, tmp_path, data_dir, config_name="eval"))
     assert results["class_names"] == CLASSES and results["model"] == "cnn"
     assert results["num_test"] == 12 and 0.0 <= results["test_acc"] <= 1.0
-    assert results["epochs"] == 1 and results["global_step"] == 3
+    assert results["kind"] == "eval"
+    assert results["trained"]["ckpt_epochs"] == 1 and results["trained"]["ckpt_global_step"] == 3
     assert sum(map(sum, results["confusion_matrix"])) == 12
     assert (tmp_path / "results.json").is_file() and (tmp_path / "per_class.csv").is_file()
 

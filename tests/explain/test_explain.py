@@ -107,6 +107,61 @@ def test_the_map_for_the_square_class_peaks_inside_the_square():
         assert torch.allclose(explainer.maps(squares[:2], 1), maps[:2], atol=1e-5)
 
 
+# --------------------------------------------------------------------------- two classes
+
+
+@needs_captum
+def test_two_class_maps_are_signed_so_the_absence_class_is_not_blank():
+    # Class 0 is only the absence of class 1's evidence (NORMAL vs PNEUMONIA): non-negative
+    # features, logit_0 = -logit_1. Plain (ReLU'd) Grad-CAM of class 0 is zero everywhere; the
+    # signed map of the logit difference is not, and the two classes' maps are each other's
+    # negative.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+    w = torch.rand(4) + 0.1
+    with torch.no_grad():
+        net[4].weight.copy_(torch.stack([-w, w]))
+        net[4].bias.zero_()
+    explainer = CamExplainer(net, layer="1")
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    assert (explainer.maps(images, 0) == 0).all()  # the blank map of the issue
+    assert explainer.maps(images, 1).amax() > 0
+    signed0 = explainer.maps(images, 0, contrast=True, batch_size=2)
+    signed1 = explainer.maps(images, [1, 1, 1], contrast=True)
+    torch.testing.assert_close(signed0, -signed1)
+    # By hand: sum_k mean(d(z0 - z1) / dA_k) * A_k, no ReLU; here -2 w_k / (16 * 16) * A_k.
+    acts = net[1](net[0](images.float() / 255))
+    expected = (-2 * w / 256)[None, :, None, None].mul(acts).sum(1).detach()
+    torch.testing.assert_close(signed0, expected, atol=1e-6, rtol=1e-4)
+    assert (signed0 < 0).any() and (signed0 <= 0).all()  # all of it speaks for class 1
+
+    norm = explain.normalize_maps(signed0)
+    assert norm.amin() == pytest.approx(-1.0) and norm.amax() <= 0  # sign kept, -1..1
+    # The figures say what red and blue mean; two classes: one signed map per mistake.
+    fig = explain.mistakes_cam_figure(images, signed1, None, ["a"] * 3, ["b"] * 3, [0.9] * 3)
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert "red: evidence for the predicted class" in text
+    assert "blue: evidence for the true class" in text
+    assert len(fig.axes) == 3 * 2 + 1  # image + signed map per row, the colour bar
+    assert fig.axes[1].images[1].get_cmap().name == "RdBu_r"
+    assert fig.axes[1].images[1].get_clim() == (-1.0, 1.0)
+    means = [explain.normalize_maps(signed0).mean(0), explain.normalize_maps(signed1).mean(0)]
+    fig = explain.mean_map_figure(images[:2], means, ["NORMAL", "PNEUMONIA"], [3, 3], signed=True)
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert "red: evidence for the column's class, blue: for the other" in text
+    plain = explain.mistakes_cam_figure(
+        images, signed1.relu(), signed0.relu(), ["a"] * 3, ["b"] * 3, [0.9] * 3
+    )
+    text = " ".join(t.get_text() for t in plain.texts)
+    assert "red: strongest evidence for the class, blue: none" in text
+    assert len(plain.axes) == 3 * 3 + 1 and "no positive\nevidence" in [
+        t.get_text() for ax in plain.axes for t in ax.texts
+    ]
+
+
 # --------------------------------------------------------------------------- every model
 
 

@@ -7,11 +7,12 @@ the module; the unit tests below them use hand-written results.json files.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import REPO, cli, train
+from helpers import REPO, TRAINED_DATA, cli, compose_cfg, read_results, train
 
 from fruitnet import report
 from fruitnet.data import generate_synthetic_fruits
@@ -158,20 +159,62 @@ def test_labels_name_runs_by_their_distinct_path(tmp_path):
     assert [r["label"] for r in report.load_runs([tmp_path / "logs/train/multiruns/t/1"])] == ["1"]
 
 
-def test_plot_labels_and_empty_plot(tmp_path):
+def _annotations(ax) -> list:
+    return [t for t in ax.texts if type(t).__name__ == "Annotation"]
+
+
+def test_plot_points_are_numbered_and_keyed_to_their_runs(tmp_path):
     runs = [
-        {"model": "cnn", "norm": False, "data": "fruits", "test_acc": 0.95, "weights_mb": 11.7},
-        {"model": "proxyless", "norm": True, "data": "fruits", "test_acc": 0.99, "weights_mb": 27},
+        {"model": "cnn", "norm": False, "data": "fruits", "test_acc": 0.95, "weights_mb": 11.7,
+         "experiment": "study_cnn_stage1", "label": "study/runs/a"},
+        {"model": "proxyless", "norm": True, "data": "fruits", "test_acc": 0.99, "weights_mb": 27,
+         "label": "train/runs/b", "arch": "logs/search/runs/mine/arch.json"},
         {"model": "resnet50", "norm": False, "data": "fruits", "test_acc": None},
-    ]
+    ]  # fmt: skip
     fig = report.accuracy_vs_size_figure(runs)
-    ax = fig.axes[0]
-    assert sorted(t.get_text() for t in ax.texts) == ["cnn/raw", "proxyless/norm"]
+    ax, key_ax = fig.axes[:2]
+    assert sorted(t.get_text() for t in _annotations(ax)) == ["1", "2"]
     assert "2 of 3 runs" in ax.get_title()
+    key = key_ax.texts[0].get_text()
+    # every point names its run, its model (a searched net as such) and norm in words
+    assert "1  study_cnn_stage1 (study/runs/a): cnn, raw pixels /255 (norm=false)" in key
+    assert "2  train/runs/b: searched net (mine), ImageNet-normalised input" in key
+    assert "proxyless" not in key
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "searched net" in legend and "proxyless" not in legend
     empty = report.accuracy_vs_size_figure([{"model": "cnn"}])
     assert "no run has" in empty.axes[0].texts[0].get_text()
     fig.savefig(tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_labels_never_overlap(tmp_path):
+    """A training run and an evaluation of its checkpoint sit on one point; a sweep crowds
+    others together: their numbers merge into one label instead of covering each other."""
+    base = {"model": "cnn", "norm": False, "data": "fruits", "weights_mb": 11.68}
+    runs = [
+        {**base, "test_acc": 0.971, "label": "train/runs/a"},
+        {**base, "test_acc": 0.971, "label": "eval/runs/b", "kind": "eval", "num_test": 10},
+        {**base, "test_acc": 0.9712, "label": "train/runs/c"},
+        *({**base, "test_acc": 0.9 + 0.002 * i, "weights_mb": 11 + 0.01 * i, "label": f"sweep/{i}"}
+          for i in range(12)),
+        {**base, "model": "resnet50", "test_acc": 0.99, "weights_mb": 90.0, "label": "r"},
+    ]  # fmt: skip
+    fig = report.accuracy_vs_size_figure(runs)
+    ax = fig.axes[0]
+    labels = _annotations(ax)
+    numbers = [int(n) for t in labels for n in t.get_text().split(",")]
+    assert sorted(numbers) == list(range(1, len(runs) + 1))  # every point keyed, once
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    assert any("1,2" in t.get_text() for t in labels)  # the run and its evaluation
+    assert len(labels) < len(runs)
+    assert "resnet50" in [t.get_text() for t in ax.get_legend().get_texts()]
+    key = fig.axes[1].texts[0].get_text()
+    assert "  2  eval eval/runs/b: cnn, raw pixels /255 (norm=false)" in key
 
 
 def test_metrics_csv_curves(tmp_path):
@@ -191,6 +234,121 @@ def test_metrics_csv_curves(tmp_path):
     assert report.read_metrics(tmp_path / "no-such-run") == []
     fig = report.curves_figure([{"label": "run", "run_path": str(run)}])
     assert fig.axes[2].get_lines()[0].get_ydata().tolist() == [0.5, 0.75]
+
+
+# --------------------------------------------------------------------------- kinds of run
+
+
+def _sections(text: str) -> dict[str, list[dict[str, str]]]:
+    """The report's tables by heading ("Training runs", ...): one dict per row."""
+    out = {}
+    for block in text.split("## ")[1:]:
+        heading, _, body = block.partition("\n")
+        rows = _rows(body)
+        out[heading.rsplit(" (", 1)[0]] = [dict(zip(rows[0], r, strict=True)) for r in rows[2:]]
+    return out
+
+
+def test_records_of_each_kind_are_read_as_that_kind(tmp_path):
+    """Records written before `kind` (eval's with training keys, a search's without `model`)
+    land in their own tables; eval's 21 s is eval time, never a training time."""
+    _write(tmp_path / "train", model="cnn", data="fruits", norm=False, test_acc=0.971,
+           val_acc=0.975, epochs=5, wall_s=3725.0, train_images_per_s=812.0)  # fmt: skip
+    _write(tmp_path / "eval", model="cnn", data="fruits", norm=False, test_acc=0.971,
+           val_acc=0.975, epochs=5, wall_s=21.35, train_images_per_s=None, task_name="eval",
+           num_test=800, num_mistakes=23,
+           best_ckpt=str(tmp_path / "train" / "checkpoints" / "last.ckpt"))  # fmt: skip
+    _write(tmp_path / "search", arch_path="arch.json", chosen=["3x3_MBConv3"], data="fruits",
+           target_latency_ms=4.0, measured_latency_ms=4.21, search_s=600.0,
+           val_acc=0.5)  # fmt: skip
+    _write(tmp_path / "study", kind="study", key={"study": []})
+    messages: list[str] = []
+    runs = report.load_runs([tmp_path], warn=messages.append)
+    assert [(r["kind"], Path(r["label"]).name) for r in runs] == [
+        ("train", "train"), ("eval", "eval"), ("search", "search")
+    ]  # fmt: skip
+    assert len(messages) == 1 and "study" in messages[0] and "not a run" in messages[0]
+    tables = _sections(report.markdown_tables(runs))
+    assert list(tables) == ["Training runs", "Evaluations", "Architecture searches"]
+    [train], [evaluation], [search] = tables.values()
+    assert train["train time"] == "1h 02m" and train["images/s"] == "812"
+    assert evaluation["eval time"] == "21.4 s" and evaluation["test images"] == "800"
+    # the old record's training values read as the training run's, next to it
+    assert evaluation["val acc (training)"] == "97.50 %" and evaluation["ckpt epoch"] == "5"
+    assert evaluation["trained in"] == train["run"] == runs[0]["label"]
+    assert "train time" not in evaluation and "images/s" not in evaluation
+    assert search["measured ms"] == "4.210" and search["search time"] == "10m 00s"
+    with pytest.raises(ValueError, match="several kinds"):
+        report.markdown_table(runs)
+    assert _rows(report.markdown_table(runs, kind="eval"))[2][0] == runs[1]["label"]
+
+
+def test_a_report_over_a_train_an_eval_and_a_search_run(
+    trained_cnn, data_dir, tmp_path, capsys, caplog
+):
+    """Real records: the session's training run, an evaluation of its checkpoint and a tiny
+    search; eval's record holds its own values, the training run's under `trained`."""
+    from fruitnet.eval import run as run_eval
+    from fruitnet.record import EVAL_KEYS, TRAINED_KEYS
+    from fruitnet.search.__main__ import run as run_search
+
+    fast = ["trainer=cpu", "data.num_workers=0", "verbose=false", "explain=false"]
+    eval_dir = tmp_path / "eval"
+    overrides = [f"ckpt_path={trained_cnn.ckpt}", *TRAINED_DATA, *fast]
+    with caplog.at_level(logging.INFO, logger="fruitnet.eval"):
+        evaluated = run_eval(compose_cfg(overrides, eval_dir, data_dir, config_name="eval"))
+    # eval's last line names every file it wrote
+    last = caplog.records[-1].getMessage()
+    written = ["results.json", *(Path(p).name for p in evaluated["artifacts"].values() if p)]
+    assert {"per_class.csv", "confusion_matrix.png", "mistakes.csv"} <= set(written)
+    assert all(name in last and (eval_dir / name).is_file() for name in written), last
+    train = trained_cnn.results
+    assert (train["kind"], evaluated["kind"]) == ("train", "eval")
+    assert read_results(eval_dir) == evaluated and read_results(trained_cnn.run_dir) == train
+    metrics = {k for k in evaluated if k.startswith("test_")}
+    assert set(evaluated) == set(EVAL_KEYS) | metrics
+    assert not {"epochs", "val_acc", "train_images_per_s", "latency_ms_b1"} & set(evaluated)
+    trained = evaluated["trained"]
+    assert list(trained) == list(TRAINED_KEYS)
+    assert Path(trained["path"]) == (trained_cnn.run_dir / "results.json").resolve()
+    for key in ("test_acc", "epochs", "wall_s", "train_images_per_s", "optimizer", "lr"):
+        assert trained[key] == train[key], key
+    assert trained["val_acc"] == pytest.approx(train["val_acc"])
+    assert evaluated["test_acc"] == pytest.approx(train["test_acc"], abs=1e-6)
+
+    search_dir = tmp_path / "search"
+    tiny = [
+        *TRAINED_DATA, "data.batch_size=16", "data.num_workers=0", "trainer=cpu",
+        "search.widths=[8,16]", "search.depths=[1,1]", "search.strides=[2,2]",
+        "search.first_conv=8", "search.first_block=8", "search.feature_mix=32",
+        "search.latency_repeats=2", "search.latency_warmup=1", "search.target_latency_ms=1000",
+        "search.warmup_epochs=0", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1", "~logger", "callbacks.lr_monitor=null",
+    ]  # fmt: skip
+    searched = run_search(compose_cfg(tiny, search_dir, data_dir, config_name="search"))
+    assert searched["kind"] == "search" and read_results(search_dir)["kind"] == "search"
+
+    out = tmp_path / "out"
+    assert (
+        report.main([str(trained_cnn.run_dir), str(eval_dir), str(search_dir), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "1 training run(s), 1 evaluation(s), 1 search(es)" in printed
+    tables = _sections(printed)
+    assert list(tables) == ["Training runs", "Evaluations", "Architecture searches"]
+    [train_row], [eval_row], [search_row] = tables.values()
+    labels = {
+        r["label"]: r["kind"] for r in report.load_runs([trained_cnn.run_dir, eval_dir, search_dir])
+    }
+    assert labels[train_row["run"]] == "train" and labels[eval_row["run"]] == "eval"
+    assert labels[search_row["run"]] == "search"
+    assert train_row["train time"] == report.table._duration(train["wall_s"])
+    assert eval_row["eval time"] == report.table._duration(evaluated["wall_s"])
+    assert eval_row["trained in"] == train_row["run"]
+    assert search_row["measured ms"] == f"{searched['measured_latency_ms']:.3f}"
+    md = (out / "report.md").read_text()
+    assert md.index("## Training runs") < md.index("## Evaluations") < md.index("## Architecture")
 
 
 # --------------------------------------------------------------------------- the notebook
