@@ -3,11 +3,13 @@ objects, and the wrapper every entry point runs in."""
 
 from __future__ import annotations
 
+import difflib
+import importlib.resources
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,39 @@ CONFIG_MODULE = "fruitnet.conf"
 def to_primitive(node: Any) -> Any:
     """DictConfig/ListConfig -> plain dict/list (resolved), so nothing OmegaConf-typed is pickled."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def config_keys(name: str) -> set[str]:
+    """The top-level keys of ``conf/<name>.yaml`` and of the groups its defaults list selects."""
+    if CONFIG_PATH.startswith("pkg://"):
+        text = importlib.resources.files(CONFIG_MODULE).joinpath(f"{name}.yaml").read_text()
+    else:
+        text = (Path(CONFIG_PATH) / f"{name}.yaml").read_text()
+    node = OmegaConf.create(text)
+    keys = {str(k) for k in node if k != "defaults"} | {"hydra"}
+    for entry in node.get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            keys.update(str(k).split("@")[0].split("/")[0].split()[-1] for k in entry)
+    return keys
+
+
+def check_keys(argv: Sequence[str], name: str) -> None:
+    """A mistyped top-level key of ``conf/<name>.yaml`` (``top_k=3`` for predict) stops with "did
+    you mean topk?". Hydra would refuse it too, but only with a hint to add it as a new key
+    (``+top_k=3``), which is never what was meant. Every entry point's ``main`` calls it first."""
+    if any(a.split("=")[0] in ("-cn", "--config-name", "-cp", "--config-path") for a in argv):
+        return  # another config: its keys are not the ones read here
+    known = config_keys(name)
+    for arg in argv:
+        if arg.startswith(("-", "+", "~")) or "=" not in arg:
+            continue  # flags, and keys added (+) or removed (~) on purpose
+        key = arg.split("=", 1)[0].split("@")[0].replace("/", ".").split(".")[0]
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the keys are {', '.join(sorted(known))}"
+        print(f"fruitnet: unknown key {key!r} in {arg!r}: {hint}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def hydra_choices() -> tuple[dict[str, Any], list[str]]:

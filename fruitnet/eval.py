@@ -29,6 +29,7 @@ any dataset given instead must have the checkpoint's class names.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from fruitnet.analysis import mistakes, per_class_rows, write_csv
 from fruitnet.assemble import build_datamodule, build_trainer
 from fruitnet.callbacks import KeepTestOutputs
 from fruitnet.checkpoints import class_names_of, classifier_from_checkpoint, load_checkpoint
-from fruitnet.config import CONFIG_PATH, hydra_choices, run_entry
+from fruitnet.config import CONFIG_PATH, check_keys, hydra_choices, run_entry
 from fruitnet.data.transforms import BatchTransform, image_spec
 from fruitnet.eval_data import check_classes, checkpoint_norm, data_config, use_training_data
 from fruitnet.files import file_mib
@@ -225,8 +226,13 @@ def eval_values(cfg: DictConfig, module: ClassifierModule, dm: Any, preset: str 
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     return run_entry(run, cfg).get("test_acc")
+
+
+def main() -> float | None:
+    check_keys(sys.argv[1:], "eval")
+    return _main()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from torch import nn
 
 import fruitnet
 from fruitnet.checkpoints import Classifier, class_names_of, load_network
-from fruitnet.config import CONFIG_PATH, run_entry
+from fruitnet.config import CONFIG_PATH, check_keys, run_entry
 from fruitnet.data.transforms import BatchTransform
 from fruitnet.files import file_mib, write_json
 from fruitnet.timing import median_ms
@@ -399,8 +400,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     run_entry(run, cfg)
+
+
+def main() -> None:
+    check_keys(sys.argv[1:], "export")
+    _main()
 
 
 if __name__ == "__main__":

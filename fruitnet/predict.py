@@ -16,9 +16,7 @@ Prints a table and writes `preds.csv` into the run directory, or `output=` (.csv
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
-import importlib.resources
 import json
 import logging
 import sys
@@ -29,11 +27,11 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from fruitnet.checkpoints import class_names_of, load_network
-from fruitnet.config import CONFIG_MODULE, CONFIG_PATH, run_entry
+from fruitnet.config import CONFIG_PATH, check_keys, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
 from fruitnet.data.transforms import BatchTransform, image_spec
 
@@ -244,45 +242,13 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def config_keys(name: str) -> set[str]:
-    """The top-level keys of ``conf/<name>.yaml`` and of the groups its defaults list selects."""
-    if CONFIG_PATH.startswith("pkg://"):
-        text = importlib.resources.files(CONFIG_MODULE).joinpath(f"{name}.yaml").read_text()
-    else:
-        text = (Path(CONFIG_PATH) / f"{name}.yaml").read_text()
-    node = OmegaConf.create(text)
-    keys = {str(k) for k in node if k != "defaults"} | {"hydra"}
-    for entry in node.get("defaults") or []:
-        if isinstance(entry, DictConfig):
-            keys.update(str(k).split("@")[0].split("/")[0].split()[-1] for k in entry)
-    return keys
-
-
-def check_keys(argv: Sequence[str], name: str = "predict") -> None:
-    """A mistyped key (``top_k=3``) stops with "did you mean topk?". Hydra would refuse it too,
-    but only with a hint to add it as a new key (``+top_k=3``), which is never what was meant."""
-    if any(a.split("=")[0] in ("-cn", "--config-name", "-cp", "--config-path") for a in argv):
-        return  # another config: its keys are not the ones read here
-    known = config_keys(name)
-    for arg in argv:
-        if arg.startswith(("-", "+", "~")) or "=" not in arg:
-            continue  # flags, and keys added (+) or removed (~) on purpose
-        key = arg.split("=", 1)[0].split("@")[0].replace("/", ".").split(".")[0]
-        if key in known:
-            continue
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"the keys are {', '.join(sorted(known))}"
-        print(f"fruitnet: unknown key {key!r} in {arg!r}: {hint}", file=sys.stderr)
-        raise SystemExit(1)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 def _main(cfg: DictConfig) -> None:
     run_entry(run, cfg)
 
 
 def main() -> None:
-    check_keys(sys.argv[1:])
+    check_keys(sys.argv[1:], "predict")
     _main()
 
 

@@ -9,13 +9,14 @@ checkpoint; write results.json into the run directory.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from fruitnet.config import CONFIG_PATH, check_config, hydra_choices, run_entry
+from fruitnet.config import CONFIG_PATH, check_config, check_keys, hydra_choices, run_entry
 
 log = logging.getLogger("fruitnet.train")
 
@@ -116,10 +117,15 @@ def run_values(cfg, dm, module, trainer, callbacks, values: dict[str, Any]) -> d
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     results = run_entry(run, cfg)
     metric = cfg.get("optimized_metric")
     return results.get(metric.replace("/", "_")) if metric else results.get("val_acc")
+
+
+def main() -> float | None:
+    check_keys(sys.argv[1:], "train")
+    return _main()
 
 
 if __name__ == "__main__":

@@ -340,3 +340,24 @@ def test_model_summary_null_means_no_summary(tmp_path):
         cfg = compose_cfg(["trainer=cpu", *drop], tmp_path)
         trainer = build_trainer(cfg, instantiate_group(cfg.callbacks), [])
         assert any(isinstance(cb, ModelSummary) for cb in trainer.callbacks) is expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "arg", "hint"),
+    [
+        ("train", "seeed=3", "did you mean seed?"),
+        ("eval", "ckpt=last.ckpt", "did you mean ckpt_path?"),
+        ("export", "fromat=onnx", "did you mean format?"),
+        ("search", "serch.target_latency_ms=4", "did you mean search?"),
+    ],
+)
+def test_a_mistyped_key_asks_did_you_mean(entry, arg, hint, capsys):
+    from fruitnet.config import check_keys
+
+    with pytest.raises(SystemExit) as stop:
+        check_keys([arg], entry)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"fruitnet: unknown key {arg.split('=')[0].split('.')[0]!r} in {arg!r}: {hint}"
+    # known keys, groups, new (+) and removed (~) keys and flags pass on to Hydra
+    check_keys(["-m", "+extra=1", "~tags", "hydra.run.dir=y", "task_name=x"], entry)

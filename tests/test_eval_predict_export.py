@@ -397,9 +397,11 @@ def test_predict_topk_above_the_class_count_says_so(trained, data_dir, image_dir
 
 
 def test_a_mistyped_predict_key_asks_did_you_mean(tmp_path):
-    from fruitnet.predict import check_keys
+    from fruitnet.config import check_keys
 
-    check_keys(["topk=2", "+extra=1", "~show", "hydra.run.dir=x", "paths.log_dir=y", "-m"])
+    check_keys(
+        ["topk=2", "+extra=1", "~show", "hydra.run.dir=x", "paths.log_dir=y", "-m"], "predict"
+    )
     proc = cli(
         "-m", "fruitnet.predict", "ckpt_path=x.ckpt", "input=y.jpg", "top_k=3",
         f"hydra.run.dir={tmp_path}",

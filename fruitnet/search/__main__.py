@@ -13,13 +13,14 @@ Same datamodule, trainer, precision, callbacks, checkpointing and resume as `fru
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from fruitnet.config import CONFIG_PATH, check_config, run_entry, to_primitive
+from fruitnet.config import CONFIG_PATH, check_config, check_keys, run_entry, to_primitive
 
 log = logging.getLogger("fruitnet.search")
 
@@ -86,9 +87,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="search")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     results = run_entry(run, cfg)
     return results.get("val_acc")
+
+
+def main() -> float | None:
+    check_keys(sys.argv[1:], "search")
+    return _main()
 
 
 if __name__ == "__main__":
