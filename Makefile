@@ -76,6 +76,10 @@ search-retrain: $(STAMP) ## search then train the found net: ARGS (data) for bot
 report: $(STAMP) ## results table (report.md) and accuracy-vs-size plot (report.png) of runs under logs/
 	$(PY) -m fruitnet.report $(ARGS)
 
+.PHONY: study
+study: $(STAMP) ## the study's whole table, resumable: make study DATASET=fruits|chest_xray ARGS="data.root=..."
+	$(PY) -m fruitnet.study data=$(DATASET) $(ARGS)
+
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path [ARGS="data=... data.root=..."]
 	$(PY) -m fruitnet.eval ckpt_path=$(CKPT) $(ARGS)
 

@@ -38,6 +38,9 @@ def start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
+    from fruitnet.tracking import check_servers
+
+    check_servers(cfg)  # now, not after the data is scanned and cached
     L.seed_everything(cfg.seed, workers=True)
     return output_dir, ckpt_path
 
@@ -123,7 +126,9 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None)
     ``loggers`` None: the config's logger group. `StepLogInterval` keeps the step-logging
     interval within an epoch: Lightning knows the number of batches only once fit starts."""
     if loggers is None:
-        loggers = instantiate_group(cfg.get("logger"))
+        from fruitnet.tracking import build_loggers
+
+        loggers = build_loggers(cfg)
     precision = resolve_precision(cfg.trainer.get("precision", "auto"), cfg.trainer.accelerator)
     configure_malloc(cfg.get("malloc", "auto"), cfg.trainer.accelerator)
     extra = {}

@@ -71,6 +71,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         path = record.write_record(output_dir, results)
+        from fruitnet.tracking import finish
+
+        finish(trainer.loggers, results, cfg)
         acc = results["test_acc"]
         log.info(
             "test accuracy %s; results in %s",

@@ -19,7 +19,7 @@ EXCEPTION = re.compile(r"#\s*long function:", re.IGNORECASE)
 ENTRY_POINTS = {
     "fruitnet.train", "fruitnet.eval", "fruitnet.predict", "fruitnet.export",
     "fruitnet.search.__main__", "fruitnet.report.cli", "fruitnet.report.__main__",
-    "fruitnet.models.__main__", "fruitnet.data.download",
+    "fruitnet.models.__main__", "fruitnet.data.download", "fruitnet.study",
 }  # fmt: skip
 
 

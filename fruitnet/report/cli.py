@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where report.md and report.png are written (default: the current directory)",
     )
     parser.add_argument(
+        "--mlflow",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="also read the runs of an MLflow store: a tracking URI, or a folder holding "
+        "mlflow.db (logs/mlflow); repeatable",
+    )
+    parser.add_argument(
         "--curves",
         action="store_true",
         help="also write curves.png: train/val loss and accuracy per epoch of every training run",
@@ -81,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sources = args.paths or [str(default_logs_dir())]
-    runs = load_runs(sources)
+    paths = args.paths or ([] if args.mlflow else [str(default_logs_dir())])
+    sources = [*paths, *args.mlflow]
+    try:
+        runs = load_runs(paths, mlflow=args.mlflow)
+    except Exception as err:  # an MLflow store that is missing or cannot be reached
+        print(f"fruitnet.report: {err}", file=sys.stderr)
+        return 1
     if not runs:
         where = ", ".join(sources)
         print(

@@ -64,7 +64,10 @@ _LEGACY_EVAL_TRAINED = {
 
 
 def load_runs(
-    paths: Iterable[str | os.PathLike] | None = None, *, warn: Callable[[str], Any] | None = None
+    paths: Iterable[str | os.PathLike] | None = None,
+    *,
+    warn: Callable[[str], Any] | None = None,
+    mlflow: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Read the runs' results.json files (default: everything under `default_logs_dir()`).
 
@@ -73,17 +76,24 @@ def load_runs(
     the file is now, which may differ from the recorded `run_dir` when logs were moved), a short
     `label`, and for an evaluation `trained_label` (its training run's label, or folder name).
     Files that are unreadable or no fruitnet run are skipped with a message to `warn` (stderr by
-    default). Sorted by kind, data set, model, norm and label.
+    default). Sorted by kind, data set, model, norm and label. ``mlflow``: tracking URIs whose
+    runs' results.json artifacts join them (`fruitnet.tracking`), the recorded run_dir as their
+    `run_path`, so they get the labels their folders would give.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     paths = [default_logs_dir()] if paths is None else list(paths)
-    runs: list[dict[str, Any]] = []
+    records: list[tuple[str, Any, str]] = []
     for path in find_result_files(paths):
         try:
-            data = json.loads(path.read_text())
+            records.append((str(path), json.loads(path.read_text()), str(path.parent)))
         except (OSError, ValueError) as err:
             warn(f"skipping {path}: {err}")
-            continue
+    for uri in mlflow:
+        from fruitnet.tracking import mlflow_records
+
+        records.extend(mlflow_records(uri, warn))
+    runs: list[dict[str, Any]] = []
+    for path, data, run_path in records:
         kind = kind_of(data) if isinstance(data, dict) else None
         if kind not in REPORT_KINDS:
             why = (
@@ -96,8 +106,8 @@ def load_runs(
         if kind == "eval" and "trained" not in data:
             _upgrade_legacy_eval(data)
         data["kind"] = kind
-        data["results_path"] = str(path)
-        data["run_path"] = str(path.parent)
+        data["results_path"] = path
+        data["run_path"] = run_path
         runs.append(data)
     labels = _labels([Path(r["run_path"]) for r in runs])
     by_dir: dict[Path, str] = {}
