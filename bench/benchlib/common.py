@@ -71,8 +71,9 @@ def shown_value(value: str, places: Places | None = None, name: str = "path") ->
 
 
 def shown_args(args: Sequence[str], places: Places | None = None) -> list[str]:
-    """A command's arguments with every absolute path shown by `shown_value`: `--out /x/y.md`
-    and `--out=/x/y.md` become `<out>` unless under the repo, `data.root=/x` `<data.root>`."""
+    """A command's arguments with every absolute path shown by `shown_value`: an absolute
+    ``--out`` (as one argument or two) becomes `<out>` unless it is under the repo, an absolute
+    ``data.root`` `<data.root>`."""
     out, option = [], "path"
     for arg in args:
         key, sep, value = arg.partition("=")
