@@ -261,6 +261,7 @@ def test_the_imagenet_space_has_21_mixed_edges():
 # --- latency table -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # timed on a shared CPU: beside a second pytest worker it can swap a close pair
 def test_latency_table_is_monotone_in_kernel_and_expand():
     """On this CPU, for one fixed shape: 3x3 < 5x5 < 7x7 at each expand ratio, and expand 3 <
     expand 6 at each kernel.
