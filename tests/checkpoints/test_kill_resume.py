@@ -82,7 +82,12 @@ def _start(run_dir: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
         *extra,
     ]
     with open(log_path, "w") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # SIGINT back to its default: a test run started in the background (`make test-slow &`)
+        # inherits it ignored, and Python then installs no KeyboardInterrupt for Ctrl-C.
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
     proc.log_path = log_path  # type: ignore[attr-defined]
     return proc
 
