@@ -113,7 +113,9 @@ def train_overrides(
     folder, the checkpoint it continues (its own, else stage 1's; explicit paths, never
     ``last``, which could pick a sibling run), and the user's common overrides."""
     folder = run_dir(root, run)
-    args = [f"experiment={run.name}", f"hydra.run.dir={folder}", *run.extra, *common]
+    # one tracker experiment (logger=mlflow|wandb) for the whole study, a run per study run
+    group = f"tracking_group=study/{root.name}"
+    args = [f"experiment={run.name}", f"hydra.run.dir={folder}", group, *run.extra, *common]
     own = resume_point(folder)
     if own is not None:
         args.append(f"ckpt_path={own}")

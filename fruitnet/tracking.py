@@ -69,8 +69,11 @@ class WandbLogger(pl_loggers.WandbLogger):
 
 
 def run_group(cfg: DictConfig) -> str:
-    """The MLflow experiment / W&B group of this run: ``task_name``, and in a multirun (a sweep,
-    an Optuna search) ``task_name/<sweep folder>``, so the sweep's jobs sit together."""
+    """The MLflow experiment / W&B group of this run: ``tracking_group`` when set (a study's
+    runs), else ``task_name``, and in a multirun (a sweep, an Optuna search)
+    ``task_name/<sweep folder>``, so the sweep's jobs sit together."""
+    if cfg.get("tracking_group"):
+        return str(cfg.tracking_group)
     name = str(cfg.get("task_name", "train"))
     if is_multirun():
         from hydra.core.hydra_config import HydraConfig

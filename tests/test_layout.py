@@ -107,3 +107,21 @@ RULES = [
 def test_each_rule_is_read_in_one_place(what, home, has_copy):
     copies = [_name(p) for p in _modules() if _name(p) != home and has_copy(*_code_facts(p))]
     assert not copies, f"{what} defined outside {home}: {copies}"
+
+
+def test_every_package_ships_in_the_wheel():
+    """A package missing from pyproject's list is missing from a non-editable install, where
+    `python -m fruitnet.train` would fail importing it (an editable install hides that)."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for init in (REPO / "fruitnet").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert on_disk - listed == set(), (
+        f"add to pyproject.toml [tool.setuptools] packages: {sorted(on_disk - listed)}"
+    )

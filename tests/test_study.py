@@ -47,6 +47,7 @@ def test_stage2_continues_stage1_then_its_own_checkpoint(tmp_path):
     assert f"ckpt_path={tmp_path / 'study_cnn_stage1' / 'checkpoints' / 'last.ckpt'}" in args
     assert f"hydra.run.dir={tmp_path / 'study_cnn_stage2'}" in args
     assert "trainer.max_epochs=6" in args  # absolute: stage 1's 3 + 3
+    assert f"tracking_group=study/{tmp_path.name}" in args  # one tracker experiment per study
     assert "callbacks.model_checkpoint.every_n_train_steps=5" in args
     own = tmp_path / "study_cnn_stage2" / "checkpoints" / "last.ckpt"
     own.parent.mkdir(parents=True)

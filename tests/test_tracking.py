@@ -225,3 +225,42 @@ def test_params_drop_secrets_and_home_paths():
         "paths": ["~", "~/logs"],
         "seed": 3,
     }
+
+
+@pytest.mark.slow  # a two-trial Optuna sweep through the command line: 20 s
+def test_optuna_sweep_is_one_experiment_with_a_run_per_trial(tmp_path, data_dir):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = cli(
+        "-m", "fruitnet.train", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=7", *FAST, *TINY, "trainer.max_epochs=1", "logger=mlflow",
+        f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path / 'optuna'}",
+        env={"FRUITNET_ROOT": str(tmp_path), "FRUITNET_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(_store(tmp_path))
+    experiment = client.get_experiment_by_name("train/optuna")
+    runs = client.search_runs([experiment.experiment_id])
+    # one run per trial, each with the learning rate Optuna sampled for it
+    assert len(runs) == 2
+    assert len({r.data.params["optimizer/lr"] for r in runs}) == 2
+    assert all("test/acc" in r.data.metrics for r in runs)
+
+
+@pytest.mark.slow  # two study runs (stage 1, stage 2), each a training process: 40 s
+def test_study_runs_are_one_experiment(tmp_path, shared_data):
+    overrides = ('study.overrides=["logger=mlflow","data.batch_size=16","trainer.limit_train_batches=1",'
+                 '"trainer.limit_val_batches=1","trainer.limit_test_batches=1"]')  # fmt: skip
+    proc = cli(
+        "-m", "fruitnet.study", "data=fruits", f"data.root={shared_data / 'fruits-360-sample'}",
+        "study.runs=[study_cnn_stage1,study_cnn_stage2]", "study.estimate=false", "study.epochs=1",
+        overrides, cwd=tmp_path, env={"FRUITNET_ROOT": str(tmp_path), "FRUITNET_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    client = mlflow.MlflowClient(_store(tmp_path))
+    experiment = client.get_experiment_by_name("study/fruits")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["experiment"] for r in runs) == [
+        "study_cnn_stage1",
+        "study_cnn_stage2",
+    ]
+    assert all("test/acc" in r.data.metrics for r in runs)
