@@ -130,7 +130,10 @@ def latency_targets(args) -> tuple[list[float], tuple[float, float]]:
     space = SearchSpace.from_config(space_cfg)
     probe = SuperNet(space, num_classes=num_classes(args), input_size=INPUT_SIZE)
     cpu, cache = torch.device("cpu"), args.cache_dir / "latency"
-    table = build_latency_table(probe, device=cpu, batch=1, cache_dir=cache)
+    # the runtime the searches time in (conf/search/default.yaml `runtime`), or their targets
+    # would be read against another runtime's table
+    runtime = str(space_cfg.get("runtime", "torch"))
+    table = build_latency_table(probe, device=cpu, batch=1, cache_dir=cache, runtime=runtime)
     # calibrated on whole nets, as each search does (conf/search/default.yaml latency_calibrate)
     table = calibrate(table, probe, device=cpu, cache_dir=cache)
     lo, hi = table.min_ms(), table.max_ms()

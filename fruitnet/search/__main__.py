@@ -13,6 +13,7 @@ Same datamodule, trainer, precision, callbacks, checkpointing and resume as `fru
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import Any
@@ -31,17 +32,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Loaded after the config checks, as in fruitnet.train: `--cfg job` needs no torch.
     from fruitnet.assemble import build_datamodule, build_trainer, run_callbacks, start_run
     from fruitnet.search.module import SearchModule
-    from fruitnet.search.prepare import arch_loader, run_latency_table
+    from fruitnet.search.outcome import ran_words, what_ran, write_unsearched
+    from fruitnet.search.prepare import arch_loader, heldout_batches, run_latency_table
     from fruitnet.search.report import run_values, write_outputs
-    from fruitnet.search.space import SearchSpace
+    from fruitnet.search.select import select_for_targets
 
+    search_cfg, space, targets, several = _settings(cfg)
     output_dir, ckpt_path = start_run(cfg)
-    search_cfg = to_primitive(cfg.search)
-    space = SearchSpace.from_config(search_cfg)  # bad op names etc. fail here, before the data
 
     dm = build_datamodule(cfg.data)
     t0 = time.perf_counter()
-    table = run_latency_table(cfg, search_cfg, space, dm)
+    table = run_latency_table(cfg, search_cfg, space, dm, targets)
     lut_s = time.perf_counter() - t0
 
     module = SearchModule(
@@ -58,32 +59,75 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer = build_trainer(cfg, run_callbacks(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    search_s = time.perf_counter() - started
     if not trainer.is_global_zero:
         return {}
-    target = float(search_cfg["target_latency_ms"])
-    extra = run_values(
-        cfg,
-        dm,
-        trainer,
-        ckpt_path=ckpt_path,
-        output_dir=output_dir,
-        lut_s=lut_s,
-        search_s=search_s,
+    ran = what_ran(module)
+    images = int(search_cfg.get("select_images", 512))
+    extra = {"targets_ms": targets, "select_images": min(images, dm.num_val or 0)}
+    if not ran["searched"]:
+        extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
+                            lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
+        results = write_unsearched(output_dir, ran, extra, search_cfg)
+        log.warning(
+            "no architecture was searched: %s, so there is no arch to train (results.json: "
+            "searched: false, no arch.json). To search: %s",
+            ran_words(ran),
+            results["what_to_change"],
+        )
+        return results
+    picks, scored = select_for_targets(
+        module.net,
+        module.table,
+        targets,
+        heldout_batches(module, dm, images),
+        evals=int(search_cfg.get("select_evals", 30)),
+        seed=int(search_cfg.get("seed", 0)),
     )
+    extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
+                        lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
     results = write_outputs(
-        module, output_dir, target_ms=target, search_cfg=search_cfg, extra=extra
+        module,
+        output_dir,
+        picks=picks,
+        scored=scored,
+        several=several,
+        search_cfg=search_cfg,
+        extra={**ran, **extra},
     )
-    log.info(
-        "searched arch: %s (predicted %.3f ms, measured %.3f ms, target %g ms); "
-        "train it: python -m fruitnet.train model=proxyless model.arch=%s",
-        " ".join(results["chosen"]),
-        results["predicted_latency_ms"],
-        results["measured_latency_ms"],
-        target,
-        results["arch_path"],
-    )
+    _log_front(results)
     return results
+
+
+def _log_front(results: dict[str, Any]) -> None:
+    for pick in results["front"]:
+        log.info(
+            "searched arch for %g ms: %s (predicted %.3f ms, measured %.3f ms in %s, held-out "
+            "acc %.2f %%); train it: python -m fruitnet.train model=proxyless model.arch=%s",
+            pick["target_ms"],
+            " ".join(pick["chosen"]),
+            pick["predicted_ms"],
+            pick["measured_latency_ms"],
+            results["latency_runtime"],
+            100 * pick["val_acc"],
+            results["arch_path"] or pick["arch_path"],
+        )
+
+
+def _settings(cfg: DictConfig) -> tuple[dict[str, Any], Any, list[float], bool]:
+    """The search config, its space and its targets; bad op names, targets and runtimes fail
+    here, before the data and the run directory."""
+    from fruitnet.search.runtimes import check_runtime
+    from fruitnet.search.space import SearchSpace, parse_targets
+
+    search_cfg = to_primitive(cfg.search)
+    space = SearchSpace.from_config(search_cfg)
+    several = parse_targets(search_cfg)
+    check_runtime(str(search_cfg.get("runtime", "torch")))
+    if several:
+        # The architecture phase pulls toward the middle of the targets (geometric mean); each
+        # target's net is then chosen from the one supernet
+        search_cfg["target_latency_ms"] = math.exp(sum(map(math.log, several)) / len(several))
+    return search_cfg, space, several or [float(search_cfg["target_latency_ms"])], bool(several)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="search")

@@ -36,12 +36,22 @@ from fruitnet.models.proxyless import (
     ProxylessNASNets,
 )
 from fruitnet.runtime import cpu_name
+from fruitnet.search.runtimes import (
+    make_timer,
+    runtime_device,
+    runtime_tag,
+    time_module,
+    time_whole_net,
+)
 from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet, parse_op
-from fruitnet.timing import median_ms
+
+__all__ = ["LatencyTable", "build_latency_table", "calibrate", "check_target", "time_module"]
 
 log = logging.getLogger(__name__)
 
 LATENCY_LOSSES = ("mul_log", "add", "abs")
+# A prediction of a whole net further off than this (in %) is warned about
+CALIBRATION_WARN_PCT = 15.0
 
 
 def lut_device_name(device: torch.device) -> str:
@@ -53,30 +63,6 @@ def lut_device_name(device: torch.device) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:120]
-
-
-def time_module(
-    module: nn.Module,
-    shape: tuple[int, ...],
-    *,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    channels_last: bool = True,
-    warmup: int = 5,
-    repeats: int = 30,
-    rounds: int = 1,
-) -> float:
-    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad),
-    the best of ``rounds`` medians (`fruitnet.timing.median_ms`)."""
-    module = module.to(device=device, dtype=dtype).eval()
-    x = torch.randn(shape, device=device, dtype=dtype)
-    if channels_last and x.dim() == 4:
-        module = module.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        return median_ms(
-            lambda: module(x), device=device, warmup=warmup, repeats=repeats, rounds=rounds
-        )
 
 
 def _cache_file(cache_dir: str | Path | None, device_name: str) -> Path | None:
@@ -234,6 +220,7 @@ def build_latency_table(
     net: SuperNet,
     *,
     device: torch.device,
+    runtime: str = "torch",
     batch: int = 1,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
@@ -243,13 +230,18 @@ def build_latency_table(
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LatencyTable:
-    """Time every fixed layer and every candidate op of ``net`` (cached per device/dtype/shape)."""
+    """Time every fixed layer and every candidate op of ``net`` in ``runtime`` (cached per
+    device, runtime, dtype and shape)."""
+    device = runtime_device(runtime, device)
     dev_name = lut_device_name(device)
     cache_file = _cache_file(cache_dir, dev_name)
     dtype_name = str(dtype).replace("torch.", "")
-    prefix = f"{dtype_name}|{'cl' if channels_last else 'cf'}|b{batch}|"
+    tag = runtime_tag(runtime)
+    # Eager torch keeps the key it always had, so existing caches stay valid.
+    prefix = "" if runtime == "torch" else f"{tag}|"
+    prefix += f"{dtype_name}|{'cl' if channels_last else 'cf'}|b{batch}|"
     timing = dict(warmup=warmup, repeats=repeats, rounds=rounds)
-    time = partial(time_module, device=device, dtype=dtype, channels_last=channels_last, **timing)
+    time = make_timer(runtime, device=device, dtype=dtype, channels_last=channels_last, **timing)
     timed = _CachedTimer(_read_cache(cache_file), prefix, time, progress)
     fixed = _fixed_ms(net, timed, batch)
     edges = _edge_ms(net, timed, batch)
@@ -264,8 +256,8 @@ def build_latency_table(
         timed.hits,
         cache_file or "(no cache)",
     )
-    meta = {"device": dev_name, "batch": batch, "dtype": dtype_name}
-    meta |= {"channels_last": channels_last, **timing}
+    meta = {"device": dev_name, "batch": batch, "dtype": dtype_name, "runtime": runtime}
+    meta |= {"runtime_version": tag, "channels_last": channels_last, **timing}
     return LatencyTable(fixed, edges, meta)
 
 
@@ -326,65 +318,87 @@ def calibrate(
     repeats: int = 30,
     rounds: int = 3,
     n_random: int = 2,
+    n_check: int = 2,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> LatencyTable:
-    """Fit ``measured = scale * table + offset`` on whole finished nets, and apply it.
+    """Fit ``measured = scale * table + offset`` on whole finished nets, apply it, and check it.
 
-    Ops timed alone run with their weights and input hot in cache and without the Python calls
-    between blocks, so on a CPU the sum of the table tends to be below the whole network's time.
-    A few paths (the fastest, the slowest and ``n_random`` random ones) are built as finished nets
-    (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole at the table's batch size; the
-    least-squares line through (table sum, measured) rescales every entry and adds the offset as
-    a fixed ``overhead`` entry. The raw table and the fit are kept in ``meta["calibration"]``.
-    The points are cached with the table (same file).
+    Ops timed alone run with their weights and input hot in cache and without the calls between
+    blocks, so the sum of the table is not the whole network's time. A few paths (the fastest,
+    the slowest and ``n_random`` random ones) are built as finished nets
+    (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole in the table's runtime and
+    batch (in ORT: the export's model, uint8 in); the least-squares line through (table sum,
+    measured) rescales every entry and adds the offset as a fixed ``overhead`` entry. Then
+    ``n_check`` other random nets, not in the fit, are predicted and measured: the largest miss in
+    % is ``meta["calibration"]["error_pct"]`` (a warning above `CALIBRATION_WARN_PCT`). The raw
+    table and the fit are kept in ``meta["calibration"]``; the points are cached with the table.
     """
-    paths = _calibration_paths(table, n_random, seed)
-    key = _calibration_key(table, paths, net)
+    runtime = str(table.meta.get("runtime", "torch"))
+    paths = _calibration_paths(table, n_random + n_check, seed)
+    key = _calibration_key(table, paths, net) + ("" if runtime == "torch" else f"|{runtime}")
     device_name = str(table.meta.get("device"))
     cache_file = _cache_file(cache_dir, device_name)
     cached = _read_cache(cache_file).get(key)
     points = [tuple(p) for p in cached] if cached else []
-    batch = int(table.meta.get("batch", 1))
+    timing = dict(warmup=warmup, repeats=repeats, rounds=rounds, channels_last=channels_last)
     for path in [] if points else paths:
-        arch = net.export_arch(path)
-        model = ProxylessNASNets(num_classes=net.num_classes, input_size=net.input_size, arch=arch)
-        ms = time_module(
-            model,
-            (batch, 3, net.input_size, net.input_size),
-            device=device,
-            channels_last=channels_last,
-            warmup=warmup,
-            repeats=repeats,
-            rounds=rounds,
+        model = ProxylessNASNets(
+            num_classes=net.num_classes, input_size=net.input_size, arch=net.export_arch(path)
         )
-        points.append((table.path_ms(path), ms))
+        batch = int(table.meta.get("batch", 1))
+        kw = dict(runtime=runtime, batch=batch, device=device, preprocess=preprocess)
+        points.append((table.path_ms(path), time_whole_net(model, net.input_size, **kw, **timing)))
     if cache_file is not None and not cached:
         _write_cache(cache_file, device_name, {**_read_cache(cache_file), key: points})
-    scale, offset = _fit_line(points)
+    fit, held_out = points[: len(points) - n_check], points[len(points) - n_check :]
+    scale, offset = _fit_line(fit)
+    check = [
+        {"predicted_ms": scale * x + offset, "measured_ms": y, "miss_pct": 100 * (scale * x + offset - y) / y}
+        for x, y in held_out
+    ]  # fmt: skip
+    error = max((abs(c["miss_pct"]) for c in check), default=None)
     log.info(
-        "latency table calibrated on %d whole nets: measured = %.3f x table %+.3f ms (points %s)",
-        len(points),
+        "latency table (%s) calibrated on %d whole nets: measured = %.3f x table %+.3f ms "
+        "(points %s); %s",
+        runtime,
+        len(fit),
         scale,
         offset,
-        ", ".join(f"{x:.2f}->{y:.2f}" for x, y in points),
+        ", ".join(f"{x:.2f}->{y:.2f}" for x, y in fit),
+        f"calibration error {error:.1f} % on {len(check)} other nets" if check else "not checked",
     )
-    return _rescaled(table, scale, offset, points)
+    if error is not None and error > CALIBRATION_WARN_PCT:
+        log.warning(
+            "the latency table misses whole nets by up to %.1f %% in %s on this machine (over "
+            "%g %%): predictions of this search are that far off; rerun on an idle machine or "
+            "raise search.latency_repeats / latency_rounds",
+            error,
+            runtime,
+            CALIBRATION_WARN_PCT,
+        )
+    out = _rescaled(table, scale, offset, fit)
+    out.meta["calibration"] |= {"check": check, "error_pct": error}
+    return out
 
 
-def check_target(table: LatencyTable, target_ms: float, loss: str) -> None:
+def check_target(
+    table: LatencyTable, target_ms: float, loss: str, key: str = "search.target_latency_ms"
+) -> None:
     """Refuse a target the space cannot reach, or a loss form that cannot use it."""
     if loss not in LATENCY_LOSSES:
         raise SearchConfigError(
             f"search.latency_loss must be one of {', '.join(LATENCY_LOSSES)}, got {loss!r}"
         )
     if not target_ms or target_ms <= 0:
-        raise SearchConfigError(f"search.target_latency_ms must be > 0, got {target_ms!r}")
+        raise SearchConfigError(f"{key} must be > 0, got {target_ms!r}")
     smallest = table.min_ms()
     if target_ms < smallest:
+        where = f"{table.meta.get('runtime', 'torch')}, {table.meta.get('device')}"
         raise SearchConfigError(
-            f"search.target_latency_ms={target_ms:g} is below the smallest net in the space: "
-            f"{smallest:.3f} ms ({table.meta.get('device')}, batch {table.meta.get('batch')}); "
+            f"{key}: {target_ms:g} ms is below the smallest net in the space: "
+            f"{smallest:.3f} ms ({where}, batch {table.meta.get('batch')}); "
             "raise the target or shrink the space (search.widths, depths, first_conv, feature_mix)"
         )
     if loss == "mul_log" and target_ms <= 1.0:

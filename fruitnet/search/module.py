@@ -7,6 +7,12 @@ of the held-out split (the datamodule's validation split, carved from the traini
 test split): binary gates, the loss ``CE (x) latency term`` toward ``search.target_latency_ms``,
 the paper's gradient estimate (`fruitnet.search.supernet`), Adam (betas (0, 0.999)).
 
+Under ``trainer.max_time`` the phases are laid over the time budget (as ``scheduler=onecycle_time``
+lays the lr): the warm-up ends at ``search.warmup_fraction`` of the budget or after
+``search.warmup_epochs`` epochs, whichever comes first, mid-epoch if need be, and the weights' cosine
+follows the larger of the time and epoch fractions spent. So a capped search spends the rest of its
+budget on architecture steps however slow an epoch is.
+
 Validation runs the current argmax architecture on the same held-out split, so ``val/acc`` (what
 checkpoints rank) is the accuracy of the net `export_arch` would write now. Every hparam is a
 primitive, the latency table included, so a checkpoint resumes without re-timing.
@@ -25,6 +31,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -71,6 +78,9 @@ class SearchModule(L.LightningModule):
         # Per epoch: the probabilities of every edge (for the report), kept across resumes
         self.prob_history: list[dict[str, Any]] = []
         self.arch_steps = 0
+        self.weight_steps = 0
+        # Weight step and train seconds at which the first architecture step ran (None: not yet)
+        self.warmup_end: dict[str, float] | None = None
         self.arch_loader: DataLoader | None = None
         self._arch_iter = None
         self._gen = torch.Generator().manual_seed(int(search.get("seed", 0)))
@@ -96,8 +106,47 @@ class SearchModule(L.LightningModule):
         # The same device move and batch transform (uint8 -> float, normalisation) as training.
         return self.trainer.strategy.batch_to_device(batch)
 
+    def _timer(self) -> Timer | None:
+        if self._trainer is None:
+            return None
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        return timer if timer is not None and timer.time_remaining() is not None else None
+
+    def time_budget(self) -> tuple[float, float] | None:
+        """(seconds of training so far, seconds of trainer.max_time), None without a cap."""
+        timer = self._timer()
+        if timer is None:
+            return None
+        elapsed = timer.time_elapsed()
+        return elapsed, elapsed + float(timer.time_remaining())
+
+    def progress(self) -> float:
+        """Share of the run spent: of the epochs, or of the time budget if that is further on."""
+        trainer = self.trainer
+        epochs = max(1, int(trainer.max_epochs or 1)) if trainer.max_epochs != -1 else None
+        per_epoch = float(trainer.num_training_batches or 1)  # inf before the loop is set up
+        batch = trainer.fit_loop.epoch_loop.batch_idx
+        step = self.current_epoch + (min(1.0, batch / per_epoch) if per_epoch > 0 else 0.0)
+        done = step / epochs if epochs else 0.0
+        budget = self.time_budget()
+        if budget is not None and budget[1] > 0:
+            done = max(done, budget[0] / budget[1])
+        return min(1.0, done)
+
     def _in_warmup(self) -> bool:
-        return self.current_epoch < int(self.cfg.get("warmup_epochs", 0))
+        if self.warmup_end is not None:
+            return False
+        if self.current_epoch >= int(self.cfg.get("warmup_epochs", 0)):
+            return False
+        budget = self.time_budget()
+        if budget is None:
+            return True
+        share = float(self.cfg.get("warmup_fraction", 0.25))
+        over = budget[0] >= share * budget[1]
+        if self.trainer.world_size > 1:
+            # Every rank must make the same architecture steps: rank 0's clock decides.
+            over = bool(self.trainer.strategy.broadcast(over))
+        return not over
 
     # -- training ------------------------------------------------------------------------------
 
@@ -112,6 +161,9 @@ class SearchModule(L.LightningModule):
         opt_w.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_w.step()
+        self.weight_steps += 1
+        if self.time_budget() is not None:
+            self.lr_schedulers().step()
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), y)
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -119,6 +171,14 @@ class SearchModule(L.LightningModule):
 
         every = max(1, int(self.cfg.get("arch_every", 5)))
         if not self._in_warmup() and (batch_idx + 1) % every == 0:
+            if self.warmup_end is None:
+                budget = self.time_budget()
+                self.warmup_end = {
+                    "weight_steps": self.weight_steps,
+                    "epoch": self.current_epoch,
+                    "train_s": budget[0] if budget else None,
+                    "budget_s": budget[1] if budget else None,
+                }
             for _ in range(max(1, int(self.cfg.get("arch_steps", 1)))):
                 self._arch_step(opt_a)
         return loss.detach()
@@ -170,7 +230,7 @@ class SearchModule(L.LightningModule):
     @torch.no_grad()
     def on_train_epoch_end(self) -> None:
         sched = self.lr_schedulers()
-        if sched is not None:
+        if sched is not None and self.time_budget() is None:
             sched.step()
         probs = self.net.probs()
         choices = [max(range(len(p)), key=p.__getitem__) for p in probs]
@@ -235,6 +295,13 @@ class SearchModule(L.LightningModule):
             eps=1e-8,
             weight_decay=0.0,
         )
+        if self.time_budget() is not None:
+            # Stepped every weight step: the cosine at the share of the run spent (time or
+            # epochs), so it reaches its floor when the budget ends, however fast the steps are.
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                weights, lambda _: 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+            )
+            return [weights, arch], [{"scheduler": sched, "interval": "step"}]
         epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=epochs)
         return [weights, arch], [{"scheduler": sched, "interval": "epoch"}]
@@ -245,6 +312,8 @@ class SearchModule(L.LightningModule):
         checkpoint["search_state"] = {
             "prob_history": self.prob_history,
             "arch_steps": self.arch_steps,
+            "weight_steps": self.weight_steps,
+            "warmup_end": self.warmup_end,
             "generator": self._gen.get_state(),
         }
 
@@ -252,5 +321,7 @@ class SearchModule(L.LightningModule):
         state = checkpoint.get("search_state") or {}
         self.prob_history = list(state.get("prob_history", []))
         self.arch_steps = int(state.get("arch_steps", 0))
+        self.weight_steps = int(state.get("weight_steps", 0))
+        self.warmup_end = state.get("warmup_end")
         if "generator" in state:
             self._gen.set_state(state["generator"])

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from fruitnet.data.loading import BatchedDataset, EpochSampler, collate_batch
 from fruitnet.runtime import uses_cuda
 from fruitnet.search.latency import LatencyTable, build_latency_table, calibrate, check_target
+from fruitnet.search.runtimes import runtime_device
 from fruitnet.search.space import SearchConfigError, SearchSpace
 from fruitnet.search.supernet import SuperNet
 
@@ -29,33 +30,45 @@ def latency_device(cfg: DictConfig) -> torch.device:
 
 
 def run_latency_table(
-    cfg: DictConfig, search_cfg: dict[str, Any], space: SearchSpace, dm: Any
+    cfg: DictConfig,
+    search_cfg: dict[str, Any],
+    space: SearchSpace,
+    dm: Any,
+    targets: list[float] | None = None,
 ) -> LatencyTable:
-    """The table of ``space`` for the data's class count and input size, calibrated on whole nets
-    unless ``search.latency_calibrate`` is false; a target it cannot reach fails here."""
+    """The table of ``space`` for the data's class count and input size, in ``search.runtime``,
+    calibrated on whole nets unless ``search.latency_calibrate`` is false; a target it cannot
+    reach fails here."""
     channels_last = bool(cfg.model.get("channels_last", True))
     probe = SuperNet(space, num_classes=dm.num_classes, input_size=dm.input_size)
+    runtime = str(search_cfg.get("runtime", "torch"))
     timing = {
-        "device": latency_device(cfg),
+        "device": runtime_device(runtime, latency_device(cfg)),
         "channels_last": channels_last,
         "warmup": int(search_cfg.get("latency_warmup", 5)),
         "repeats": int(search_cfg.get("latency_repeats", 30)),
         "rounds": int(search_cfg.get("latency_rounds", 3)),
         "cache_dir": Path(cfg.paths.cache_dir) / "latency",
     }
-    table = build_latency_table(probe, batch=int(search_cfg.get("latency_batch", 1)), **timing)
+    batch = int(search_cfg.get("latency_batch", 1))
+    table = build_latency_table(probe, runtime=runtime, batch=batch, **timing)
     if search_cfg.get("latency_calibrate", True):
-        table = calibrate(table, probe, **timing)
-    target = float(search_cfg["target_latency_ms"])
-    check_target(table, target, str(search_cfg.get("latency_loss", "mul_log")))
+        checks = int(search_cfg.get("latency_check_nets", 2))
+        table = calibrate(table, probe, n_check=checks, preprocess=dm.preprocess, **timing)
+    targets = targets or [float(search_cfg["target_latency_ms"])]
+    key = "search.targets" if search_cfg.get("targets") else "search.target_latency_ms"
+    for t in targets:
+        check_target(table, t, str(search_cfg.get("latency_loss", "mul_log")), key=key)
     log.info(
-        "search space: %d mixed edges; latency %.3f .. %.3f ms per batch of %d on %s; target %g ms",
+        "search space: %d mixed edges; latency %.3f .. %.3f ms per batch of %d in %s on %s; "
+        "target(s) %s ms",
         sum(space.depths),
         table.min_ms(),
         table.max_ms(),
         table.meta["batch"],
+        runtime,
         table.meta["device"],
-        target,
+        ", ".join(f"{t:g}" for t in targets),
     )
     return table
 
@@ -76,3 +89,17 @@ def arch_loader(dm: Any, seed: int) -> DataLoader:
         num_workers=0,
         drop_last=len(dm.val_set) > batch,
     )
+
+
+def heldout_batches(module: Any, dm: Any, max_images: int) -> list[Any]:
+    """The first ``max_images`` held-out images as device batches, transformed as in training:
+    what the per-target selection scores paths on (fixed, so every path sees the same images)."""
+    n = min(int(max_images), len(dm.val_set))
+    loader = DataLoader(
+        BatchedDataset(dm.val_set),
+        batch_size=max(1, min(int(dm.batch_size), n)),
+        sampler=list(range(n)),
+        collate_fn=collate_batch,
+        num_workers=0,
+    )
+    return [module.trainer.strategy.batch_to_device(batch) for batch in loader]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,11 @@ from fruitnet.models.proxyless import ProxylessNASNets
 from fruitnet.plots import save_figure
 from fruitnet.record import environment
 from fruitnet.runtime import device_name
-from fruitnet.search.latency import time_module
+from fruitnet.search.front import arch_name, front_figure, front_markdown, front_table
+from fruitnet.search.latency import CALIBRATION_WARN_PCT
+from fruitnet.search.runtimes import time_whole_net
+
+log = logging.getLogger("fruitnet.search")
 
 
 def edge_probs_figure(history: Sequence[dict[str, Any]], names: Sequence[Sequence[str]]) -> Figure:
@@ -62,16 +67,14 @@ def measure(
     num_classes: int,
     input_size: int,
     *,
-    batch: int,
-    device: torch.device,
-    channels_last: bool = True,
+    table_meta: dict[str, Any],
+    preprocess: dict[str, Any] | None = None,
     warmup: int = 10,
     repeats: int = 30,
     rounds: int = 3,
 ) -> dict[str, Any]:
-    """Params, MiB, FLOPs and the measured latency of the finished net built from ``arch``:
-    ms per batch of ``batch`` on ``device``, fp32, eval, timed as the table was (median of
-    repeats, best of rounds)."""
+    """Params, MiB, FLOPs and the measured latency of the finished net built from ``arch``: ms
+    per batch in the table's runtime, batch and device (fp32, eval), timed as the table was."""
     net = ProxylessNASNets(num_classes=num_classes, input_size=input_size, arch=arch)
     total, _ = count_params(net)
     stats = {
@@ -80,16 +83,40 @@ def measure(
         "weights_mb": state_dict_mib(net),
         "flops": flops(net, input_size),
     }
-    stats["measured_latency_ms"] = time_module(
+    device = "cuda" if str(table_meta.get("device")).startswith("cuda") else "cpu"
+    stats["measured_latency_ms"] = time_whole_net(
         net,
-        (batch, 3, input_size, input_size),
-        device=device,
-        channels_last=channels_last,
+        input_size,
+        runtime=str(table_meta.get("runtime", "torch")),
+        batch=int(table_meta.get("batch", 1)),
+        device=torch.device(device),
+        preprocess=preprocess,
+        channels_last=bool(table_meta.get("channels_last", True)),
         warmup=warmup,
         repeats=repeats,
         rounds=rounds,
     )
     return stats
+
+
+def latency_keys(meta: dict[str, Any]) -> dict[str, Any]:
+    """What every latency of the run means: runtime, batch, precision, device (CPU and threads)."""
+    cal = meta.get("calibration") or {}
+    return {
+        "latency_runtime": meta.get("runtime", "torch"),
+        "latency_runtime_version": meta.get("runtime_version"),
+        "latency_batch": meta.get("batch"),
+        "latency_precision": {"float32": "fp32"}.get(meta.get("dtype"), meta.get("dtype")),
+        "latency_device": meta.get("device"),
+        "calibration_error_pct": cal.get("error_pct"),
+    }
+
+
+def latency_words(r: dict[str, Any]) -> str:
+    return (
+        f"{r.get('latency_runtime')}, batch {r.get('latency_batch')}, "
+        f"{r.get('latency_precision')}, {r.get('latency_device')}"
+    )
 
 
 def run_values(
@@ -127,53 +154,77 @@ def run_values(
     }
 
 
+def measure_picks(
+    module: Any, picks: list[dict[str, Any]], output_dir: Path, search_cfg: dict[str, Any]
+) -> None:
+    """Each target's net: arch_<target>ms.json, its sizes and measured latency, the misses."""
+    net, table = module.net, module.table
+    for pick in picks:
+        arch = net.export_arch(pick["choices"])
+        path = write_json(Path(output_dir) / arch_name(pick["target_ms"]), arch, indent=1)
+        stats = measure(
+            arch,
+            net.num_classes,
+            net.input_size,
+            table_meta=table.meta,
+            preprocess=module.hparams.get("preprocess"),
+            repeats=int(search_cfg.get("latency_repeats", 30)),
+            rounds=int(search_cfg.get("latency_rounds", 3)),
+        )
+        measured, target = stats["measured_latency_ms"], pick["target_ms"]
+        pick.update(stats)
+        pick["arch_path"] = str(path)
+        pick["within_target_pct"] = 100.0 * (measured - target) / target
+        pick["prediction_miss_pct"] = 100.0 * (pick["predicted_ms"] - measured) / measured
+        if abs(pick["prediction_miss_pct"]) > CALIBRATION_WARN_PCT:
+            log.warning(
+                "the net for %g ms: predicted %.3f ms, measured %.3f ms (%+.1f %%, over %g %%)",
+                target,
+                pick["predicted_ms"],
+                measured,
+                pick["prediction_miss_pct"],
+                CALIBRATION_WARN_PCT,
+            )
+
+
 def write_outputs(
     module: Any,
     output_dir: Path,
     *,
-    target_ms: float,
+    picks: list[dict[str, Any]],
+    scored: list[dict[str, Any]],
+    several: bool,
     search_cfg: dict[str, Any],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
+    """arch_<target>ms.json per target (and arch.json for a single target), edge_probs.png,
+    front.md and front.png (several targets), search_report.md, results.json."""
     output_dir = Path(output_dir)
-    net = module.net
-    arch = net.export_arch()
-    choices = [int(e.alpha.detach().argmax()) for e in net.edges]
-    arch_path = write_json(output_dir / "arch.json", arch, indent=1)
-    table = module.table
-    predicted = table.path_ms(choices)
-    stats = measure(
-        arch,
-        net.num_classes,
-        net.input_size,
-        batch=int(table.meta.get("batch", 1)),
-        device=torch.device("cuda" if str(table.meta.get("device")).startswith("cuda") else "cpu"),
-        channels_last=bool(table.meta.get("channels_last", True)),
-        repeats=int(search_cfg.get("latency_repeats", 30)),
-        rounds=int(search_cfg.get("latency_rounds", 3)),
-    )
+    net, table = module.net, module.table
+    measure_picks(module, picks, output_dir, search_cfg)
     history = module.prob_history
     names = [e.names for e in net.edges]
     png = None
     if history:
         png = save_figure(edge_probs_figure(history, names), output_dir / "edge_probs.png")
     val = module.trainer.callback_metrics.get("val/acc") if module._trainer is not None else None
+    argmax = [int(e.alpha.detach().argmax()) for e in net.edges]
     results = {
         "kind": "search",  # fruitnet.record.KINDS
-        "arch_path": str(arch_path),
-        "chosen": [names[e][c] for e, c in enumerate(choices)],
-        "target_latency_ms": target_ms,
+        "searched": True,
+        "targets_ms": [p["target_ms"] for p in picks],
+        "target_latency_ms": float(search_cfg["target_latency_ms"]),
         "latency_loss": search_cfg.get("latency_loss"),
         "arch_mode": search_cfg.get("arch_mode"),
-        "predicted_latency_ms": predicted,
+        **latency_keys(table.meta),
         "expected_latency_ms": float(module.expected_latency().detach()),
+        "argmax": {"chosen": net.chosen(), "predicted_ms": table.path_ms(argmax)},
+        "argmax_val_acc": float(val) if val is not None else None,
         "min_latency_ms": table.min_ms(),
         "max_latency_ms": table.max_ms(),
         "latency_table": table.to_dict(),
-        **stats,
-        "within_target_pct": 100.0 * (stats["measured_latency_ms"] - target_ms) / target_ms,
-        "arch_steps": module.arch_steps,
-        "val_acc": float(val) if val is not None else None,
+        "front": picks,
+        "select_evals": int(search_cfg.get("select_evals", 30)),
         "probs": net.probs(),
         "edge_names": names,
         "history": history,
@@ -181,85 +232,98 @@ def write_outputs(
         **extra,
         **environment(),
     }
+    if several:
+        results["arch_path"] = None
+        write_text(output_dir / "front.md", front_markdown(results, latency_words(results)))
+        fig = front_figure(picks, scored, latency_words(results))
+        results["front_png"] = str(save_figure(fig, output_dir / "front.png"))
+    else:
+        # One target: its net is also arch.json, the file `make search-retrain` trains
+        one = picks[0]
+        arch_path = write_json(output_dir / "arch.json", net.export_arch(one["choices"]), indent=1)
+        keys = ("chosen", "params", "fp32_mib", "weights_mb", "flops", "measured_latency_ms")
+        keys += ("within_target_pct", "prediction_miss_pct", "val_acc")
+        results |= {k: one[k] for k in keys}
+        results |= {"arch_path": str(arch_path), "predicted_latency_ms": one["predicted_ms"]}
     write_json(output_dir / "results.json", results)
     write_text(output_dir / "search_report.md", report_markdown(results))
     return results
 
 
 def report_markdown(r: dict[str, Any]) -> str:
+    meta = r["latency_table"]["meta"]
     lines = [
         "# Architecture search report",
         "",
         f"Data: `{r.get('data')}` at `{r.get('data_root')}`, {r.get('num_classes')} classes, "
         f"{r.get('input_size')} px; {r.get('train_images')} training images for the weight steps, "
         f"{r.get('heldout_images')} held-out images (carved from the training split) for the "
-        "architecture steps. The test split was not used.",
-        f"Device: {r.get('device')}, precision {r.get('precision')}; search "
-        f"{r.get('search_s', 0) / 60:.1f} min ({r.get('epochs')} epochs, {r.get('arch_steps')} "
-        f"architecture steps, latency table {r.get('lut_s', 0):.1f} s).",
+        "architecture steps and the choice of each target's net. The test split was not used.",
+        f"Training device: {r.get('device')}, precision {r.get('precision')}; search "
+        f"{r.get('search_s', 0) / 60:.1f} min ({r.get('epochs')} epochs, {r.get('weight_steps')} "
+        f"weight and {r.get('arch_steps')} architecture steps, latency table "
+        f"{r.get('lut_s', 0):.1f} s).",
+        f"Latency: {latency_words(r)} (table, calibration and measured nets alike); smallest / "
+        f"largest net in the space {r['min_latency_ms']:.3f} / {r['max_latency_ms']:.3f} ms.",
         "",
-        "## Result",
+        "## Result: one net per target",
         "",
-        "| | value |",
-        "| --- | ---: |",
-        f"| target latency (batch {r['latency_table']['meta'].get('batch')}) "
-        f"| {r['target_latency_ms']:.3f} ms |",
-        f"| predicted latency (lookup table) | {r['predicted_latency_ms']:.3f} ms |",
-        f"| measured latency (whole net, as the table: median, best of rounds) "
-        f"| {r['measured_latency_ms']:.3f} ms |",
-        f"| measured vs target | {r['within_target_pct']:+.1f} % |",
-        f"| smallest / largest net in the space (table) | {r['min_latency_ms']:.3f} / "
-        f"{r['max_latency_ms']:.3f} ms |",
-        f"| params | {r['params']:,} |",
-        f"| fp32 MiB | {r['fp32_mib']:.2f} |",
-        f"| FLOPs | {r['flops'] / 1e6:.1f} M |",
-        "| val accuracy of the argmax net (supernet weights) | "
-        + (f"{100 * r['val_acc']:.2f} % |" if r.get("val_acc") is not None else "n/a |"),
+        *front_table(r["front"]),
         "",
-        f"Loss: `{r.get('latency_loss')}`; architecture steps: `{r.get('arch_mode')}` mode.",
-        f"Net config: `{r['arch_path']}`; train it with "
-        f"`python -m fruitnet.train model=proxyless model.arch={r['arch_path']}`.",
+        f"Argmax of the architecture parameters: {' '.join(r['argmax']['chosen'])} (predicted "
+        f"{r['argmax']['predicted_ms']:.3f} ms). Loss `{r.get('latency_loss')}`, "
+        f"`{r.get('arch_mode')}` mode, training target {r['target_latency_ms']:g} ms.",
         "",
         "## Chosen ops",
         "",
-        "| edge | chosen | p(chosen) | latency table (ms) per candidate |",
-        "| ---: | --- | ---: | --- |",
-    ]
-    edges = r["latency_table"]["edges"]
-    for e, (name, probs) in enumerate(zip(r["chosen"], r["probs"], strict=True)):
-        k = r["edge_names"][e].index(name)
-        cells = ", ".join(f"{n} {t:.3f}" for n, t in zip(r["edge_names"][e], edges[e], strict=True))
-        lines.append(f"| {e} | {name} | {probs[k]:.3f} | {cells} |")
+        "| edge | " + " | ".join(f"{p['target_ms']:g} ms" for p in r["front"])
+        + " | latency table (ms) per candidate |",
+        "| ---: | " + " | ".join("---" for _ in r["front"]) + " | --- |",
+    ]  # fmt: skip
+    for e, names in enumerate(r["edge_names"]):
+        row = r["latency_table"]["edges"][e]
+        cells = ", ".join(f"{n} {t:.3f}" for n, t in zip(names, row, strict=True))
+        chosen = " | ".join(p["chosen"][e] for p in r["front"])
+        lines.append(f"| {e} | {chosen} | {cells} |")
     fixed = r["latency_table"]["fixed_ms"]
-    lines += [
-        "",
-        "Fixed layers (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in fixed.items()) + ".",
-        "",
-    ]
-    cal = r["latency_table"]["meta"].get("calibration")
-    if cal:
-        pts = ", ".join(f"{p['table_ms']:.2f} -> {p['measured_ms']:.2f}" for p in cal["points"])
-        lines += [
-            f"Table calibrated on whole nets (`search.latency_calibrate`): measured = "
-            f"{cal['scale']:.3f} x table {cal['offset_ms']:+.3f} ms, fitted on (raw table ms -> "
-            f"measured ms) {pts}. The entries above are the calibrated ones.",
-            "",
-        ]
+    lines += ["", "Fixed layers (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in fixed.items()), ""]
+    lines += _calibration_lines(meta.get("calibration"))
     if r.get("edge_probs_png"):
         lines += ["![edge probabilities](edge_probs.png)", ""]
-    hist = r.get("history") or []
-    if hist:
-        lines += [
-            "## Per epoch",
-            "",
-            "| epoch | warm-up | E[latency] ms | argmax-path ms | mean max p |",
-            "| ---: | --- | ---: | ---: | ---: |",
-        ]
-        for h in hist:
-            maxp = float(np.mean([max(p) for p in h["probs"]]))
-            lines.append(
-                f"| {h['epoch']} | {'yes' if h.get('warmup') else ''} | "
-                f"{h['expected_latency_ms']:.3f} | {h['argmax_latency_ms']:.3f} | {maxp:.3f} |"
-            )
-        lines.append("")
+    lines += _history_lines(r.get("history") or [])
     return "\n".join(lines)
+
+
+def _calibration_lines(cal: dict[str, Any] | None) -> list[str]:
+    if not cal:
+        return []
+    pts = ", ".join(f"{p['table_ms']:.2f} -> {p['measured_ms']:.2f}" for p in cal["points"])
+    check = ", ".join(
+        f"{c['predicted_ms']:.2f} vs {c['measured_ms']:.2f} ({c['miss_pct']:+.1f} %)"
+        for c in cal.get("check") or []
+    )
+    return [
+        f"Table calibrated on whole nets (`search.latency_calibrate`): measured = "
+        f"{cal['scale']:.3f} x table {cal['offset_ms']:+.3f} ms, fitted on (raw table ms -> "
+        f"measured ms) {pts}. The entries above are the calibrated ones. Checked on other nets "
+        f"(predicted vs measured ms): {check or 'none'}.",
+        "",
+    ]
+
+
+def _history_lines(hist: list[dict[str, Any]]) -> list[str]:
+    if not hist:
+        return []
+    lines = [
+        "## Per epoch",
+        "",
+        "| epoch | warm-up | E[latency] ms | argmax-path ms | mean max p |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for h in hist:
+        maxp = float(np.mean([max(p) for p in h["probs"]]))
+        lines.append(
+            f"| {h['epoch']} | {'yes' if h.get('warmup') else ''} | "
+            f"{h['expected_latency_ms']:.3f} | {h['argmax_latency_ms']:.3f} | {maxp:.3f} |"
+        )
+    return [*lines, ""]

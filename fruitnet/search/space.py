@@ -5,6 +5,7 @@ of one path through it (`arch_config`), which `fruitnet.models.proxyless.Proxyle
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -190,3 +191,29 @@ def arch_config(
             "ops_order": "weight_bn_act",
         },
     }
+
+
+def parse_targets(cfg: Mapping[str, Any]) -> list[float]:
+    """``search.targets``: latencies in ms, sorted, duplicates dropped; [] when unset (null).
+    Anything else than a non-empty list of positive numbers is a one-line error."""
+    raw = cfg.get("targets")
+    if raw is None:
+        return []
+    example = "e.g. search.targets=[2,3.5,5]"
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, Sequence):
+        raise SearchConfigError(f"search.targets must be a list of latencies in ms ({example}), "
+                                f"got {raw!r}")  # fmt: skip
+    if not raw:
+        raise SearchConfigError(
+            f"search.targets is empty: give at least one latency in ms ({example}), or null to "
+            "use search.target_latency_ms"
+        )
+    out = []
+    for value in raw:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
+            raise SearchConfigError(
+                f"search.targets: {value!r} is not a latency in ms (a number > 0); {example}"
+            )
+        out.append(float(value))
+    return sorted(set(out))

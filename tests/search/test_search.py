@@ -411,6 +411,7 @@ def test_tiny_search_writes_arch_json_that_trains(tmp_path, shared_data):
         "search.latency_warmup=1",
         "search.latency_loss=add",
         "search.target_latency_ms=1000",
+        "search.runtime=torch",
         "search.warmup_epochs=1",
         "search.arch_every=1",
     ]

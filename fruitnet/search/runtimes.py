@@ -1,0 +1,183 @@
+"""Where the search times a module (``search.runtime``): ONNX Runtime, eager PyTorch or
+torch.compile. Each runtime gives a timer ``(module, input shape) -> ms`` (median of repeats, best
+of rounds: `fruitnet.timing.median_ms`), used for the latency table's blocks, the calibration nets
+and the found nets alike, so that the table predicts what is measured where the net will run.
+
+``onnxruntime`` exports the module as `python -m fruitnet.export` does (the TorchScript-based
+exporter, eval mode, contiguous fp32; BatchNorm is folded into the convs by ORT's graph
+optimisation) and runs it in an ORT CPU session with PyTorch's intra-op thread count, as
+`fruitnet.export.load_exported` does; whole nets take the export's own input (uint8 images, the
+normalisation inside: `fruitnet.export.ExportModel`). It always times on the CPU: a net exported to
+ONNX is deployed there even when the search trains on a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from fruitnet.search.space import SearchConfigError
+from fruitnet.timing import median_ms
+
+RUNTIMES = ("onnxruntime", "torch", "compile")
+Timer = Callable[[nn.Module, tuple[int, ...]], float]
+
+
+def check_runtime(runtime: str) -> None:
+    """One line for an unknown runtime, or for onnxruntime when it is not installed."""
+    if runtime not in RUNTIMES:
+        raise SearchConfigError(
+            f"search.runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
+        )
+    if runtime == "onnxruntime":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise SearchConfigError(
+                f"search.runtime=onnxruntime needs onnx and onnxruntime ({err.name} is missing): "
+                "pip install '.[onnx]', or time in eager PyTorch with search.runtime=torch"
+            ) from None
+
+
+def runtime_device(runtime: str, train_device: torch.device) -> torch.device:
+    """The device latencies are timed on: the training device, except ORT's CPU session."""
+    return torch.device("cpu") if runtime == "onnxruntime" else train_device
+
+
+def runtime_tag(runtime: str) -> str:
+    """What a timing depends on beyond the device: the runtime and its version (cache keys and
+    reports; eager torch keeps the key it always had)."""
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        return f"onnxruntime-{onnxruntime.__version__}"
+    if runtime == "compile":
+        return f"compile-torch-{torch.__version__}"
+    return "torch"
+
+
+def onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
+    """``module`` exported to ONNX as `fruitnet.export.save_onnx` does (no metadata), in memory."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The same exporter and reason as fruitnet.export.save_onnx (dynamo=False).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset,
+        )
+    return buffer.getvalue()
+
+
+def ort_session(model: bytes) -> Any:
+    """An ORT CPU session with PyTorch's thread count (as `fruitnet.export.load_exported`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    return torch.randn(shape, device=device, dtype=dtype)
+
+
+def time_module(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 1,
+    runtime: str = "torch",
+    input_dtype: torch.dtype | None = None,
+) -> float:
+    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad) in
+    ``runtime``, the best of ``rounds`` medians. ``input_dtype`` (default ``dtype``): uint8 for a
+    whole exported net."""
+    module = module.eval()
+    x = _example(shape, input_dtype or dtype, device)
+    if runtime == "onnxruntime":
+        cpu = copy.deepcopy(module).to("cpu", dtype=dtype, memory_format=torch.contiguous_format)
+        session = ort_session(onnx_bytes(cpu, x.cpu()))
+        name = session.get_inputs()[0].name
+        feed = {name: x.cpu().numpy()}
+        return median_ms(
+            lambda: session.run(None, feed), warmup=warmup, repeats=repeats, rounds=rounds
+        )
+    module = module.to(device=device, dtype=dtype)
+    if channels_last and x.dim() == 4:
+        module = module.to(memory_format=torch.channels_last)
+        if x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+    if runtime == "compile":
+        module = torch.compile(module, dynamic=False)
+        with torch.no_grad():
+            module(x)  # compiles here, not inside the timed warm-up
+    elif runtime != "torch":
+        check_runtime(runtime)
+    with torch.no_grad():
+        return median_ms(
+            lambda: module(x), device=device, warmup=warmup, repeats=repeats, rounds=rounds
+        )
+
+
+def make_timer(runtime: str, **kwargs: Any) -> Timer:
+    """``(module, shape) -> ms`` in ``runtime`` with the given device and timing settings."""
+    return partial(time_module, runtime=runtime, **kwargs)
+
+
+def whole_net(net: nn.Module, runtime: str, preprocess: dict[str, Any] | None) -> nn.Module:
+    """What is timed for a whole net: in ORT, the export's model (uint8 in, normalisation inside,
+    `fruitnet.export.ExportModel`); elsewhere the net itself, as the search's torch timing always
+    did."""
+    if runtime != "onnxruntime":
+        return net
+    from fruitnet.export import ExportModel
+
+    pre = preprocess or {}
+    mean = pre.get("mean") or [0.0, 0.0, 0.0]
+    std = pre.get("std") or [1.0, 1.0, 1.0]
+    return ExportModel(net, list(mean), list(std))
+
+
+def time_whole_net(
+    net: nn.Module,
+    input_size: int,
+    *,
+    runtime: str,
+    batch: int,
+    device: torch.device,
+    preprocess: dict[str, Any] | None = None,
+    **timing: Any,
+) -> float:
+    """Latency in ms of a finished net at ``batch`` in ``runtime`` (the export's input in ORT)."""
+    model = whole_net(net, runtime, preprocess)
+    return time_module(
+        model,
+        (batch, 3, input_size, input_size),
+        device=runtime_device(runtime, device),
+        runtime=runtime,
+        input_dtype=torch.uint8 if runtime == "onnxruntime" else None,
+        **timing,
+    )
