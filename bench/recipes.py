@@ -3,6 +3,7 @@
     python bench/recipes.py                       # -> bench/RECIPES.md (= make bench-recipes)
     python bench/recipes.py --only fruits_cnn --seeds 1 --out logs/pilot.md   # a pilot
     python bench/recipes.py --list                # the comparisons, budgets and seeds
+    python bench/recipes.py --only chest_recipe   # rewrites only that section of RECIPES.md
 
 Every run is `python -m fruitnet.train experiment=<recipe> data.root=<sample set> seed=<s>
 trainer.max_time=<budget>` in its own process, on the real sample images (fruits-360-small,
@@ -16,7 +17,9 @@ It writes bench/RECIPES.md (the command, the tables, the history of the tuning) 
 outputs that git ignores, the training curves bench/recipes/<comparison>.png (through
 `fruitnet.report.write_curves`) and the per-seed numbers bench/recipes/results.json. Nothing is
 asserted: where `best_*` does not win, the file says so. The comparisons are in
-bench/cases/recipes.yaml, the report's prose in bench/templates/recipes/.
+bench/cases/recipes.yaml, the report's prose in bench/templates/recipes/. `--only KEY` on an
+existing file rewrites the sections of those comparisons (and their summary lines) and keeps
+every other section as it was; `--into RUN` adds them to an earlier call's runs instead.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,9 +39,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.common import REPO, find_dataset  # noqa: E402
+from benchlib.recipe_panel import merge  # noqa: E402
 from benchlib.recipe_plan import COMPARISONS, Comparison  # noqa: E402
 from benchlib.recipe_runs import RunFailed, Runs, load_manifest, run_recipe, slim  # noqa: E402
-from benchlib.recipes_md import render, write_curves  # noqa: E402
+from benchlib.recipes_md import render, shown_command, write_curves  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "RECIPES.md"
 # Run directories (checkpoints: ~36 MiB each for the CNN) stay out of the repository's tracked tree
@@ -58,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--render",
         metavar="WORK_RUN",
-        help="rewrite --out from the finished runs of an earlier call (its logs/recipes/<ts>)",
+        help="rewrite --out from the finished runs of an earlier call (its logs/recipes/<ts>); "
+        "with --only, only those sections of it",
     )
     p.add_argument(
         "--into",
@@ -103,9 +109,22 @@ class Session:
             "minutes": minutes,
             "failures": self.failures,
             "comparisons": [
-                {"key": c.key, "budget_s": c.budget_s, "seeds": c.seeds} for c in self.done
+                {
+                    "key": c.key,
+                    "budget_s": c.budget_s,
+                    "seeds": c.seeds,
+                    "load_avg": load_range(self.all_runs.get(c.key, {})),
+                }  # fmt: skip
+                for c in self.done
             ],
         }
+
+
+def load_range(runs: Runs) -> list[float] | None:
+    """The lowest and highest 1-minute load average at the start of a comparison's runs (kept in
+    manifest.json: --render has no other record of it)."""
+    loads = [r["load_avg"] for rs in runs.values() for r in rs if r.get("load_avg") is not None]
+    return [min(loads), max(loads)] if loads else None
 
 
 def print_list() -> None:
@@ -119,21 +138,22 @@ def print_list() -> None:
 def run_comparison(comp: Comparison, session: Session, root: Path) -> None:
     """Every seed of one comparison; study then best for each seed, so drift of the machine
     hits both."""
-    runs = session.all_runs.setdefault(comp.key, {"study": [], "best": []})
+    runs = session.all_runs.setdefault(comp.key, {role: [] for role, _ in comp.roles()})
     print(f"{comp.key}: {comp.dataset}, {comp.budget_s} s, seeds {list(comp.seeds)}", flush=True)
-    roles = [("study", comp.study), ("best", comp.best)]
+    roles = comp.roles()
     if comp.study_from:
         runs["study"] = session.all_runs.get(comp.study_from, {}).get("study", [])
         roles = roles[1:]
     for seed in comp.seeds:
         for role, recipe in roles:
+            load = os.getloadavg()[0]  # the machine is shared: the report says how busy it was
             try:
                 res = run_recipe(comp, role, recipe, seed, root, session.work)
             except RunFailed as err:
                 session.failures.append(f"{comp.key} {recipe.label} seed {seed}: {err}")
                 print(f"  FAILED: {session.failures[-1]}", flush=True)
                 continue
-            runs[role].append(res)
+            runs[role].append({**res, "load_avg": load})
             print(
                 f"  {role} seed {seed}: test {res.get('test_acc')} val {res.get('val_acc')} "
                 f"epochs {res.get('stage_epochs')} {res['wall_s']:.0f} s",
@@ -141,15 +161,29 @@ def run_comparison(comp: Comparison, session: Session, root: Path) -> None:
             )
 
 
-def write_outputs(session: Session, out: Path, minutes: float) -> str:
+def write_outputs(
+    session: Session, out: Path, minutes: float, merge_into: bool = False, rendered: bool = False
+) -> str:
+    """The report and its per-seed numbers. ``merge_into`` (``--only`` without ``--into`` on an
+    existing file): only this call's comparisons are rewritten in it, every other section and
+    number stays as it was; the Command line gains this call, unless it only re-``rendered``
+    an earlier call's runs (which it already names)."""
     text = render(
         session.done, session.all_runs, session.argv, session.started, minutes,
         session.failures, session.also,
     )  # fmt: skip
+    numbers = out.parent / "recipes" / "results.json"
+    per_seed = slim(session.all_runs)
+    if merge_into and out.is_file():
+        note = f"`{shown_command(session.argv)}` ({session.started:%Y-%m-%d %H:%M} UTC, {minutes:.1f} minutes)"
+        text = merge(
+            out.read_text(), text, [c.key for c in session.done], None if rendered else note
+        )
+        if numbers.is_file():
+            per_seed = {**json.loads(numbers.read_text()), **per_seed}
     out.write_text(text)
-    (out.parent / "recipes" / "results.json").write_text(
-        json.dumps(slim(session.all_runs), indent=1)
-    )
+    numbers.parent.mkdir(parents=True, exist_ok=True)
+    numbers.write_text(json.dumps(per_seed, indent=1))
     return text
 
 
@@ -161,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_list()
         return 0 if comps else 2
     if args.render:
-        return rerender(Path(args.render), Path(args.out))
+        return rerender(Path(args.render), Path(args.out), merge_into=bool(args.only))
     roots = {
         name: find_dataset(name, args.data and Path(args.data) / name)
         for name in {c.dataset for c in comps}
@@ -183,15 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         session.done.append(comp)
         # Written after every comparison, so an interrupted run keeps what it measured
         minutes = session.earlier_minutes + (time.perf_counter() - t0) / 60
-        text = write_outputs(session, out, minutes)
+        text = write_outputs(session, out, minutes, merge_into=bool(args.only and not args.into))
         (session.work / "manifest.json").write_text(json.dumps(session.manifest(minutes), indent=1))
     print(text)
     print(f"wrote {out}")
     return 0
 
 
-def rerender(work: Path, out: Path) -> int:
-    """--render: the markdown, curves and results.json again, from an earlier call's runs."""
+def rerender(work: Path, out: Path, merge_into: bool = False) -> int:
+    """--render: the markdown, curves and results.json again, from an earlier call's runs;
+    with --only, only their sections of an existing file (`write_outputs`)."""
     manifest = json.loads((work / "manifest.json").read_text())
     done, all_runs = load_manifest(work, manifest)
     for comp in done:
@@ -201,7 +236,7 @@ def rerender(work: Path, out: Path) -> int:
         started=datetime.datetime.fromisoformat(manifest["started"]), done=done,
         all_runs=all_runs, failures=manifest["failures"],
     )  # fmt: skip
-    write_outputs(session, out, manifest["minutes"])
+    write_outputs(session, out, manifest["minutes"], merge_into=merge_into, rendered=True)
     print(f"wrote {out} from {work}")
     return 0
 

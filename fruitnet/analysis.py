@@ -16,14 +16,19 @@ from torchmetrics.functional.classification import (
 
 
 def per_class_rows(
-    probs: torch.Tensor, labels: torch.Tensor, names: list[str], per_class_acc: list[float]
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    per_class_acc: list[float],
+    preds: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
+    """``preds``: the predicted classes (a two-class checkpoint's threshold); None = argmax."""
     k = len(names)
-    preds = probs.argmax(-1)
+    preds = probs.argmax(-1) if preds is None else preds
     kw = {"num_classes": k, "average": None}
-    precision = multiclass_precision(probs, labels, **kw).tolist()
-    recall = multiclass_recall(probs, labels, **kw).tolist()
-    f1 = multiclass_f1_score(probs, labels, **kw).tolist()
+    precision = multiclass_precision(preds, labels, **kw).tolist()
+    recall = multiclass_recall(preds, labels, **kw).tolist()
+    f1 = multiclass_f1_score(preds, labels, **kw).tolist()
     support = torch.bincount(labels, minlength=k).tolist()
     predicted = torch.bincount(preds, minlength=k).tolist()
     correct = torch.bincount(labels[preds == labels], minlength=k).tolist()
@@ -52,9 +57,13 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Path
     return path
 
 
-def mistakes(probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, int, float]]:
-    """``(test index, predicted class, probability)`` of every mistake, most confident first."""
-    conf, preds = probs.max(-1)
+def mistakes(
+    probs: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor | None = None
+) -> list[tuple[int, int, float]]:
+    """``(test index, predicted class, its probability)`` of every mistake, most confident
+    first. ``preds``: the predicted classes (a two-class checkpoint's threshold); None = argmax."""
+    preds = probs.argmax(-1) if preds is None else preds
+    conf = probs.gather(-1, preds[:, None])[:, 0]
     wrong = (preds != labels).nonzero().flatten()
     order = wrong[conf[wrong].argsort(descending=True, stable=True)]
     return [(int(i), int(preds[i]), float(conf[i])) for i in order]

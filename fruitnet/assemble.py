@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelSummary
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fruitnet.callbacks import RNGStateCheckpoint
 from fruitnet.callbacks.progress import StepLogInterval
@@ -45,23 +45,46 @@ def start_run(cfg: DictConfig) -> tuple[Path, str | None]:
     return output_dir, ckpt_path
 
 
-def build_datamodule(data_cfg: DictConfig, stage: str = "fit") -> Any:
+def build_datamodule(
+    data_cfg: DictConfig,
+    stage: str = "fit",
+    *,
+    cfg: DictConfig | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> Any:
     """The datamodule, set up: the model needs num_classes and input_size before Lightning would
-    call these itself."""
+    call these itself. The images are decoded as ``preprocess`` says (a checkpoint's), else as
+    the run config ``cfg``'s model asks (a torchvision/timm model's own pipeline), else as the
+    data's ``norm`` and ``image_size`` say."""
+    if preprocess is None and cfg is not None:
+        from fruitnet.models import preprocess_for
+
+        kwargs = model_kwargs_of(cfg, None)
+        preprocess = preprocess_for(cfg.model.name, kwargs, norm=bool(data_cfg.get("norm")))
     dm = hydra.utils.instantiate(data_cfg)
+    if preprocess is not None:
+        # Set here, not as an instantiate kwarg: Hydra would turn the dict into a DictConfig,
+        # which the checkpoint's hparams must not hold (weights_only=True loading).
+        dm.model_preprocess = dict(preprocess)
     dm.prepare_data()
     dm.setup(stage)
     return dm
 
 
-def model_kwargs_of(cfg: DictConfig, input_size: int) -> dict[str, Any]:
-    """``model.kwargs``, plus ``model.arch``'s net config (a plain dict, checked against the input
-    size) so that the checkpoint's hparams rebuild the network without the file."""
-    kwargs = to_primitive(cfg.model.get("kwargs")) or {}
-    arch = cfg.model.get("arch")
-    if arch:
-        if cfg.model.name != "proxyless":
-            raise ValueError(f"model.arch is for model=proxyless, not model={cfg.model.name}")
+def model_kwargs_of(cfg: DictConfig, input_size: int | None) -> dict[str, Any]:
+    """``model.kwargs``, plus ``model.arch``: for proxyless its net config (a plain dict, checked
+    against the input size when given) so that the checkpoint's hparams rebuild the network
+    without the file; for a family (torchvision, timm) the architecture's name, a string."""
+    from fruitnet.models import get_model_spec
+
+    model = cfg.model
+    kwargs = to_primitive(model.get("kwargs")) or {}
+    arch = None if OmegaConf.is_missing(model, "arch") else model.get("arch")
+    if get_model_spec(model.name).resolve is not None:
+        kwargs["arch"] = None if arch is None else str(arch)  # the family says what is missing
+    elif arch:
+        if model.name != "proxyless":
+            raise ValueError(f"model.arch is for model=proxyless, not model={model.name}")
         kwargs["arch"] = load_arch(arch, input_size)
     return kwargs
 
@@ -85,6 +108,7 @@ def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
         channels_last=bool(cfg.model.get("channels_last", True)),
         compile=bool(cfg.model.get("compile", False)),
         data_config=data_record(cfg),
+        threshold=cfg.model.get("threshold"),
     )
     if cfg.get("init_from"):
         init_weights_from(module, cfg.init_from)

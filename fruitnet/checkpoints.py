@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fruitnet.models import create_model
+from fruitnet.models.weights import keep_metadata
 
 if TYPE_CHECKING:
     from fruitnet.module import ClassifierModule
@@ -89,18 +90,44 @@ class Classifier(nn.Module):
 
     ``forward`` takes normalised float batches, like `ClassifierModule.forward`, in the same
     memory format, so both give the same numbers; Grad-CAM (`fruitnet.explain`) takes either.
+    ``threshold``: the checkpoint's cut on P(class 1) for two classes (`decision_threshold`),
+    None for argmax.
     """
 
-    def __init__(self, net: nn.Module, hparams: dict[str, Any]) -> None:
+    def __init__(
+        self, net: nn.Module, hparams: dict[str, Any], threshold: float | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.hparams = dict(hparams)
+        self.threshold = threshold
         channels_last = self.hparams.get("channels_last", True)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
+
+
+def decision_threshold(ckpt: dict[str, Any]) -> float | None:
+    """A two-class checkpoint's cut on P(class 1): the ``decision_threshold`` the training run
+    saved (``model.threshold``, chosen on validation when ``auto``), else a number in its
+    hparams; None (argmax) for other checkpoints and for those written before the key existed."""
+    hparams = ckpt.get("hyper_parameters") or {}
+    if int(hparams.get("num_classes") or 0) != 2:
+        return None
+    value = ckpt.get("decision_threshold")
+    if value is None and isinstance(hparams.get("threshold"), int | float):
+        value = hparams["threshold"]
+    return float(value) if value is not None else None
+
+
+def decide(probs: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Predicted classes of ``N x classes`` probabilities: class 1 when P(1) > threshold (two
+    classes and a threshold), else the argmax (0.5 gives the argmax's calls)."""
+    if threshold is None or probs.shape[-1] != 2:
+        return probs.argmax(-1)
+    return (probs[..., 1] > threshold).long()
 
 
 def _hparams_and_state(ckpt: dict[str, Any], path: str | Path) -> tuple[dict, dict]:
@@ -131,11 +158,12 @@ def network_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Classifie
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"cannot rebuild the model of {path}: {err}") from err
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    weights = keep_metadata(weights, state, "net.")  # module versions (torchvision's MNASNet)
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
-    return Classifier(net, hparams).eval()
+    return Classifier(net, hparams, decision_threshold(ckpt)).eval()
 
 
 def load_network(path: str | Path) -> Classifier:
@@ -159,6 +187,8 @@ def classifier_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Classi
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the model: {err}") from err
+    if module.binary:
+        module.threshold = decision_threshold(ckpt)
     return module.eval()
 
 

@@ -15,7 +15,17 @@ Writes into the run directory (logs/eval/runs/<timestamp>/):
                          blue: for the true one)
   mistakes.csv           every mistake, most confident first, with its file
   cam_mean.png           two-class tasks, explain on: per class, the mean signed map of
-                         logit(class) - logit(other class) over its test images
+                         logit(class) - logit(other class) over its test images, with the
+                         central box and each class's central-mass share (below)
+
+Two classes: the checkpoint's threshold on P(class 1) (`decision_threshold`, chosen on validation
+with model.threshold=auto) makes the calls of the metrics, the confusion matrix, per_class.csv and
+mistakes; results.json records it (`threshold`, null = argmax). With explain on, results.json has
+`cam_central_share`: the mean share of each map's mass (its absolute value: evidence either way)
+inside the central 50 % x 50 % box (`fruitnet.explain.focus`; 0.25 = spread evenly, low =
+border and corner-marker shortcuts), overall and per class. Every eval compares the checkpoint's
+validation accuracy with this test accuracy: over 10 points apart, one warning line and
+`val_warning: true` (the validation split does not look like the test data).
 
 `explain=auto` (the default) makes the Grad-CAM maps when the explain extra is installed
 (`pip install 'fruitnet[explain]'`), and otherwise says so in one line.
@@ -44,10 +54,16 @@ from fruitnet import plots
 from fruitnet.analysis import mistakes, per_class_rows, write_csv
 from fruitnet.assemble import build_datamodule, build_trainer
 from fruitnet.callbacks import KeepTestOutputs
-from fruitnet.checkpoints import class_names_of, classifier_from_checkpoint, load_checkpoint
+from fruitnet.checkpoints import (
+    class_names_of,
+    classifier_from_checkpoint,
+    decide,
+    load_checkpoint,
+)
 from fruitnet.config import CONFIG_PATH, check_keys, hydra_choices, run_entry
 from fruitnet.data.transforms import BatchTransform, image_spec
 from fruitnet.eval_data import check_classes, checkpoint_norm, data_config, use_training_data
+from fruitnet.explain.focus import ShareRecorder, summarize
 from fruitnet.files import file_mib
 from fruitnet.models import profile
 from fruitnet.module import ClassifierModule
@@ -56,6 +72,7 @@ from fruitnet.record import (
     run_record,
     test_metrics,
     trained_values,
+    val_check,
     write_record,
 )
 from fruitnet.runtime import device_name
@@ -73,7 +90,7 @@ def load_for_eval(cfg: DictConfig) -> tuple[ClassifierModule, dict[str, Any], st
     stored = {k: ckpt.get(k) for k in ("epoch", "global_step", "val_acc_best")}
     del ckpt
     preprocess = dict(module.hparams.preprocess)
-    dm = build_datamodule(data_config(cfg, preprocess), "test")
+    dm = build_datamodule(data_config(cfg, preprocess), "test", preprocess=preprocess)
     check_classes(dm.class_names, class_names_of(module), dm.data_root)
     if image_spec(dm.preprocess) != image_spec(preprocess):
         raise ValueError(
@@ -91,21 +108,22 @@ def load_for_eval(cfg: DictConfig) -> tuple[ClassifierModule, dict[str, Any], st
 def write_artifacts(
     cfg: DictConfig, module: ClassifierModule, dm: Any, probs: torch.Tensor, labels: torch.Tensor,
     explainer: cam.CamExplainer | None,
-) -> tuple[dict[str, str | None], int]:  # fmt: skip
+) -> tuple[dict[str, str | None], int, dict[str, Any] | None]:  # fmt: skip
     """per_class.csv, confusion_matrix.png, mistakes.csv and .png, cam_mean.png; returns their
-    paths and the number of mistakes."""
+    paths, the number of mistakes and (two classes, explain on) the maps' central shares."""
     out = Path(cfg.paths.output_dir)
     names = class_names_of(module)
     details = module.test_details
     artifacts: dict[str, str | None] = {}
-    rows = per_class_rows(probs, labels, names, details["per_class_acc"])
+    preds = decide(probs, module.threshold)  # the checkpoint's threshold, as the test metrics
+    rows = per_class_rows(probs, labels, names, details["per_class_acc"], preds)
     artifacts["per_class_csv"] = str(write_csv(out / "per_class.csv", rows, list(rows[0])))
     fig = plots.confusion_matrix_figure(
         details["confusion_matrix"], names, max_classes=int(cfg.confusion_top)
     )
     artifacts["confusion_matrix_png"] = str(plots.save_figure(fig, out / "confusion_matrix.png"))
 
-    wrong = mistakes(probs, labels)
+    wrong = mistakes(probs, labels, preds)
     paths = dm.test_set.paths
     mistake_rows = [
         {"path": str(paths[i]), "true": names[int(labels[i])], "pred": names[p], "prob": prob}
@@ -121,16 +139,20 @@ def write_artifacts(
     else:
         log.info("no mistakes on the test split: no mistakes.png")
     artifacts["cam_mean_png"] = None
+    focus = None
     if explainer is not None and len(names) == 2:
         # Signed maps of the logit difference: the ReLU'd map of a class that is only the
-        # absence of the other's evidence (NORMAL vs PNEUMONIA) is zero everywhere.
+        # absence of the other's evidence (NORMAL vs PNEUMONIA) is zero everywhere. The recorder
+        # takes each map's central share on the way (the same maps, one pass).
+        recorder = ShareRecorder(explainer, len(names))
         mean_images, mean_maps, counts = cam.class_mean_maps(
-            explainer, dm.test_set, labels, len(names),
+            recorder, dm.test_set, labels, len(names),
             limit=int(cfg.get("explain_images", 200)), batch_size=dm.batch_size, contrast=True,
         )  # fmt: skip
-        fig = cam.mean_map_figure(mean_images, mean_maps, names, counts, signed=True)
+        focus = summarize(recorder.per_class(), names)
+        fig = cam.mean_map_figure(mean_images, mean_maps, names, counts, signed=True, central=focus)
         artifacts["cam_mean_png"] = str(plots.save_figure(fig, out / "cam_mean.png"))
-    return artifacts, len(wrong)
+    return artifacts, len(wrong), focus
 
 
 def mistakes_figure(shown, total, dm, labels, names, explainer):
@@ -168,11 +190,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     probs = torch.cat(outputs.logits).softmax(-1)
     labels = torch.cat(outputs.labels)
     explainer = cam.CamExplainer(module, device=trainer.strategy.root_device) if explain else None
-    artifacts, num_wrong = write_artifacts(cfg, module, dm, probs, labels, explainer)
+    artifacts, num_wrong, focus = write_artifacts(cfg, module, dm, probs, labels, explainer)
 
     values = eval_values(cfg, module, dm, preset)
+    trained = trained_values(cfg.ckpt_path, stored, module.hparams)
+    if focus is not None:
+        values.update(
+            cam_central_share=focus["overall"], cam_central_share_per_class=focus["per_class"]
+        )
     values.update(
-        trained=trained_values(cfg.ckpt_path, stored, module.hparams),
+        val_check(trained["val_acc"], metrics.get("test_acc")),
+        trained=trained,
         precision=str(trainer.precision),
         num_test=len(labels),
         num_mistakes=num_wrong,
@@ -183,10 +211,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     path = write_record(output_dir, results)
     written = [path.name] + [Path(p).name for p in artifacts.values() if p]
     log.info(
-        "test accuracy %.2f %% on %d images (%d mistakes); wrote %s in %s",
+        "test accuracy %.2f %% on %d images (%d mistakes%s%s); wrote %s in %s",
         100 * results["test_acc"],
         len(labels),
         num_wrong,
+        f", threshold {module.threshold:.3f}" if module.threshold is not None else "",
+        f", Grad-CAM central share {focus['overall']:.2f}" if focus and focus["overall"] else "",
         ", ".join(written),
         output_dir,
     )

@@ -38,12 +38,11 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 import fruitnet
 from fruitnet.checkpoints import Classifier, class_names_of, load_network
 from fruitnet.config import CONFIG_PATH, check_keys, run_entry
-from fruitnet.data.transforms import BatchTransform
+from fruitnet.deploy import INPUT_NAME, OUTPUT_NAMES, ExportModel, export_onnx, ort_session
 from fruitnet.files import file_mib, write_json
 from fruitnet.timing import median_ms
 
@@ -57,31 +56,12 @@ FORMATS = {
     "exported_program": (".pt2",),
 }
 META_FILE = "fruitnet.json"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "probs")
 # What fruitnet.data.io.resize_crop does: torchvision's resize of a uint8 tensor, antialiased.
 INTERPOLATION = "bilinear, antialiased (Pillow's Image.BILINEAR gives the same to within 1 of 255)"
 
 
 class ExportError(RuntimeError):
     """The exported file does not reproduce the PyTorch outputs, or cannot be written."""
-
-
-class ExportModel(nn.Module):
-    """What gets exported: uint8 images in, ``(logits, probs)`` out, normalisation included.
-
-    Baking the normalisation in leaves the consumer one step (decode + resize/crop to uint8)
-    instead of two, and mean/std cannot drift from what the network was trained with.
-    """
-
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.net = net
-        self.transform = BatchTransform(mean, std)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.net(self.transform(images))
-        return logits, logits.softmax(-1)
 
 
 def export_model(module: Classifier) -> ExportModel:
@@ -196,21 +176,8 @@ def save_onnx(model: ExportModel, example: torch.Tensor, path: Path, meta: dict,
     import onnx
 
     axes = {name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    with warnings.catch_warnings():
-        # dynamo=False: the torch.export-based exporter needs onnxscript, which the [onnx] extra
-        # does not install; the TorchScript-based one needs nothing more and handles these
-        # networks. Its deprecation notice is not something a user of this command can act on.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=axes,
-            opset_version=opset,
-        )
+    export_onnx(model, example, path, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+                opset=opset, dynamic_axes=axes)  # fmt: skip
     proto = onnx.load(str(path))
     # Plain keys for any ONNX consumer, plus the whole record under "fruitnet".
     props = {
@@ -247,12 +214,7 @@ def load_exported(path: str | Path, fmt: str) -> Callable[[np.ndarray], tuple[np
     """A callable uint8 array -> (logits, probs) arrays running the exported file."""
     path = str(path)
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # Same thread count as PyTorch, so the latency comparison is like for like.
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort_session(path)
         return lambda x: tuple(session.run(list(OUTPUT_NAMES), {INPUT_NAME: x}))
     if fmt == "torchscript":
         with warnings.catch_warnings():

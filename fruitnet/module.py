@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import hydra
@@ -22,23 +23,49 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from fruitnet.checkpoints import decide
 from fruitnet.models import create_model
 
 log = logging.getLogger(__name__)
 
 
-def _binary_metrics(prefix: str) -> MetricCollection:
-    # Positive class = index 1, i.e. the second class name in sorted order (PNEUMONIA for chest).
-    return MetricCollection(
+def _binary_metrics(prefix: str) -> tuple[MetricCollection, MetricCollection]:
+    """The metrics of a decision (fed the predicted class, 0 or 1) and of a ranking (fed P(1)).
+    Positive class = index 1, the second class name in sorted order (PNEUMONIA for chest)."""
+    decided = MetricCollection(
         {
             "precision": BinaryPrecision(),
             "recall": BinaryRecall(),
             "specificity": BinarySpecificity(),
             "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
         },
         prefix=prefix,
     )
+    return decided, MetricCollection({"auroc": BinaryAUROC()}, prefix=prefix)
+
+
+def choose_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """The cut on P(class 1) that maximises balanced accuracy on these images (the same cut as
+    Youden's J = sensitivity + specificity - 1 = 2 x balanced accuracy - 1), halfway between two
+    neighbouring probabilities; among equally good cuts the one nearest 0.5 (argmax), so a
+    validation split that argmax already separates keeps it. None without both classes."""
+    p, y = probs.detach().double().flatten().cpu(), labels.detach().flatten().cpu()
+    pos, neg = int((y == 1).sum()), int((y == 0).sum())
+    if not pos or not neg:
+        return None
+    p, order = p.sort()
+    y = y[order]
+    # Cut i puts images 0..i-1 on the negative side (i = 0..n): true negatives and false negatives
+    tn = torch.cat([torch.zeros(1, dtype=torch.float64), (y == 0).double().cumsum(0)])
+    fn = torch.cat([torch.zeros(1, dtype=torch.float64), (y == 1).double().cumsum(0)])
+    balanced = (tn / neg + (pos - fn) / pos) / 2
+    lower = torch.cat([p[:1] * 0, p])  # the probability just below cut i (0 below all)
+    upper = torch.cat([p, p[-1:] * 0 + 1])  # just above it (1 above all)
+    valid = upper > lower  # no cut between two equal probabilities
+    cuts = (lower + upper) / 2
+    best = balanced[valid].max()
+    candidates = cuts[valid & (balanced >= best - 1e-12)]
+    return float(candidates[(candidates - 0.5).abs().argmin()])
 
 
 class ClassifierModule(L.LightningModule):
@@ -51,6 +78,10 @@ class ClassifierModule(L.LightningModule):
     checkpoint rebuilds without the file); ``arch_path`` only records where it came from.
     ``data_config`` records the training data (``{"preset": name, "node": data config}``,
     resolved, absolute root) so that `fruitnet.eval` finds it without ``data=``; unused here.
+    ``threshold`` (two classes): the cut on P(class 1) that test metrics, eval and predict use:
+    a float, ``"auto"`` (`choose_threshold` on each validation epoch's probabilities) or None
+    (argmax). The value in force is ``self.threshold``, saved as the checkpoint's
+    ``decision_threshold`` (`fruitnet.checkpoints.decision_threshold` reads it back).
     """
 
     def __init__(
@@ -73,6 +104,7 @@ class ClassifierModule(L.LightningModule):
         compile: bool = False,
         arch_path: str | None = None,
         data_config: dict[str, Any] | None = None,
+        threshold: str | float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -99,15 +131,19 @@ class ClassifierModule(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.binary = task == "binary" and num_classes == 2
+        self.threshold = _initial_threshold(threshold) if self.binary else None
+        self._val_probs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
         if self.binary:
-            self.val_extra = _binary_metrics("val/")
-            self.test_extra = _binary_metrics("test/")
+            self.val_extra, self.val_rank = _binary_metrics("val/")
+            self.test_extra, self.test_rank = _binary_metrics("test/")
         else:
-            self.val_extra = MetricCollection({})
+            self.val_extra, self.val_rank = MetricCollection({}), MetricCollection({})
             self.test_extra = MetricCollection(
                 {"f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro")},
                 prefix="test/",
             )
+            self.test_rank = MetricCollection({})
         self.test_per_class = MulticlassAccuracy(num_classes=num_classes, average=None)
         self.test_confmat = MulticlassConfusionMatrix(num_classes=num_classes)
         # Filled at test end for results.json (per-class accuracy, confusion matrix)
@@ -139,32 +175,64 @@ class ClassifierModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.val_loss.reset()
+        self._val_probs.clear()
+        self._val_labels.clear()
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        # Validation metrics stay argmax: val/acc picks the best checkpoint, and a threshold
+        # fitted to these very images would flatter it.
         loss, logits, y = self._step(batch)
         self.val_loss(loss)
         self.val_acc(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
         if self.binary:
-            self.val_extra(logits.float().softmax(-1)[:, 1], y)
+            probs = logits.float().softmax(-1)
+            self.val_extra(probs.argmax(-1), y)
+            self.val_rank(probs[:, 1], y)
             self.log_dict(self.val_extra, on_epoch=True)
+            self.log_dict(self.val_rank, on_epoch=True)
+            if self.hparams.get("threshold") == "auto":
+                self._val_probs.append(probs[:, 1].detach())
+                self._val_labels.append(y.detach())
 
     def on_validation_epoch_end(self) -> None:
         # compute() syncs across processes; val/acc_best is what checkpoints and sweeps compare.
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+        if self._val_probs:
+            self._fit_threshold()
+
+    def _fit_threshold(self) -> None:
+        """`threshold=auto`: the cut chosen on this epoch's validation images, saved with the
+        checkpoint this epoch may write (so each checkpoint carries its own weights' cut)."""
+        probs, labels = torch.cat(self._val_probs), torch.cat(self._val_labels)
+        if self.trainer.world_size > 1:
+            probs, labels = self.all_gather(probs).flatten(), self.all_gather(labels).flatten()
+        chosen = choose_threshold(probs, labels)
+        if chosen is None:
+            log.warning("threshold=auto: the validation split lacks a class; keeping argmax")
+            return
+        self.threshold = chosen
+        self.log("val/threshold", chosen, sync_dist=False)
+
+    def _decided(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = logits.float().softmax(-1)
+        return probs, decide(probs, self.threshold)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._step(batch)
+        probs, preds = self._decided(logits)
         self.test_loss(loss)
-        self.test_acc(logits, y)
-        self.test_per_class(logits, y)
-        self.test_confmat(logits, y)
+        self.test_acc(preds, y)
+        self.test_per_class(preds, y)
+        self.test_confmat(preds, y)
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc", self.test_acc, on_epoch=True, prog_bar=True)
         if self.binary:
-            self.test_extra(logits.float().softmax(-1)[:, 1], y)
+            self.test_extra(preds, y)
+            self.test_rank(probs[:, 1], y)
+            self.log_dict(self.test_rank, on_epoch=True)
         else:
             self.test_extra(logits, y)
         self.log_dict(self.test_extra, on_epoch=True)
@@ -174,6 +242,7 @@ class ClassifierModule(L.LightningModule):
         self.test_details = {
             "per_class_acc": per_class,
             "confusion_matrix": self.test_confmat.compute().tolist(),
+            "threshold": self.threshold,
         }
         self.test_per_class.reset()
         self.test_confmat.reset()
@@ -217,10 +286,14 @@ class ClassifierModule(L.LightningModule):
         # Metric states are not in the state_dict; keep the best val acc across resumes.
         if self.val_acc_best.update_count:
             checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+        if self.threshold is not None:
+            checkpoint["decision_threshold"] = float(self.threshold)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._restored_from_checkpoint = True
         self._restored_val_acc_best = checkpoint.get("val_acc_best")
+        if self.binary and checkpoint.get("decision_threshold") is not None:
+            self.threshold = float(checkpoint["decision_threshold"])
 
     def on_train_start(self) -> None:
         # The sanity-check validation must not count towards the best val acc.
@@ -257,3 +330,17 @@ class ClassifierModule(L.LightningModule):
                 sched.base_lrs = [lr for _ in sched.base_lrs]
             if hasattr(sched, "_last_lr"):
                 sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
+def _initial_threshold(value: str | float | None) -> float | None:
+    """The cut in force before any validation: a float as given, None for argmax and for
+    ``auto`` (until the first validation epoch chooses one)."""
+    if value in (None, "auto", "argmax"):
+        return None
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"model.threshold must be auto, null or a number in (0, 1), got {value!r}")
+    return threshold

@@ -9,6 +9,8 @@ or data config is needed: images are decoded with `fruitnet.data.io.load_image` 
 is rebuilt from the checkpoint alone (`fruitnet.checkpoints.load_network`), without Lightning, so
 a one-image prediction starts in the time torch, torchvision and Pillow take to load.
 Prints a table and writes `preds.csv` into the run directory, or `output=` (.csv or .json).
+Rank 1 is the prediction: the most probable class, or for a two-class checkpoint the class its
+threshold picks (`decision_threshold`, chosen on validation by model.threshold=auto).
 `explain=true` also writes one Grad-CAM overlay PNG per image (`fruitnet.explain`) into
 `<output stem>_explain/` beside it (needs `pip install 'fruitnet[explain]'`).
 """
@@ -30,7 +32,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fruitnet.checkpoints import class_names_of, load_network
+from fruitnet.checkpoints import class_names_of, decide, load_network
 from fruitnet.config import CONFIG_PATH, check_keys, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
 from fruitnet.data.transforms import BatchTransform, image_spec
@@ -87,6 +89,8 @@ class Predictor:
         self.preprocess = dict(module.hparams["preprocess"])
         self.decode = functools.partial(load_image, **image_spec(self.preprocess))
         self.transform = BatchTransform(self.preprocess["mean"], self.preprocess["std"])
+        # Two classes: the checkpoint's cut on P(class 1) (None: argmax), see `ranked`
+        self.threshold = getattr(module, "threshold", None) if len(self.class_names) == 2 else None
 
     @torch.inference_mode()
     def probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,14 +125,25 @@ class Predictor:
             if not decoded:
                 continue
             probs = self.probs(torch.stack([img for _, img in decoded]))
-            top = probs.topk(k, dim=-1)
-            for (p, _), values, indices in zip(decoded, top.values, top.indices, strict=True):
+            top_values, top_indices = self.ranked(probs, k)
+            for (p, _), values, indices in zip(decoded, top_values, top_indices, strict=True):
                 pairs = [
                     (self.class_names[i], float(v))
                     for v, i in zip(values.tolist(), indices.tolist(), strict=True)
                 ]
                 rows.append({"path": str(p), "topk": pairs})
         return rows
+
+    def ranked(self, probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's top ``k`` probabilities and classes, the predicted class first: the
+        highest probability, or for a two-class checkpoint with a threshold the class the
+        threshold picks (which may be the less probable one: that is what the cut is for)."""
+        top = probs.topk(k, dim=-1)
+        if self.threshold is None:
+            return top.values, top.indices
+        first = decide(probs, self.threshold)
+        indices = torch.stack([first, 1 - first], -1)[:, :k]
+        return probs.gather(-1, indices), indices
 
     def check_topk(self, topk: int) -> int:
         """``topk``, capped at the class count, which a warning line then names."""
@@ -219,6 +234,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
         log.info("skipped %d non-image file(s): %s%s", len(inputs.skipped), names, more)
     predictor = Predictor(load_network(cfg.ckpt_path), resolve_device(cfg.device))
+    if predictor.threshold is not None:
+        log.info(
+            "%s when P(%s) > %.3f (the checkpoint's threshold), else %s",
+            predictor.class_names[1], predictor.class_names[1], predictor.threshold,
+            predictor.class_names[0],
+        )  # fmt: skip
     rows = predictor.predict(
         inputs.images,
         topk=cfg.topk,

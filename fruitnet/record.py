@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ RUN_KEYS: tuple[str, ...] = (
     # size and cost (fruitnet.callbacks.ModelSizeCallback)
     "params", "trainable_params", "fp32_mib", "weights_mb", "flops", "latency_ms_b1",
     "latency_batch", "latency_ms_batch", "checkpoint_mb",
-    # accuracy
-    "test_acc", "val_acc",
+    # accuracy; threshold: the two-class cut on P(class 1) the test metrics used (null: argmax)
+    "threshold", "test_acc", "val_acc",
     "per_class_acc", "confusion_matrix",
+    # validation against test (`val_check`): is the validation split like the test data?
+    "val_test_gap", "val_warning",
     # the run itself
     "epochs", "global_step", "wall_s", "train_images_per_s", "device", "precision", "best_ckpt",
     "last_ckpt", "resumed_from", "run_dir", "overrides", "task_name",
@@ -55,9 +58,14 @@ EVAL_KEYS: tuple[str, ...] = (
     "input_size", "batch_size", "seed", "ckpt_path", "preprocess",
     # the checkpoint's network, measured here
     "params", "trainable_params", "fp32_mib", "weights_mb", "flops", "checkpoint_mb",
-    # accuracy on this test split
-    "test_acc",
+    # accuracy on this test split (threshold: as in RUN_KEYS)
+    "threshold", "test_acc",
     "per_class_acc", "confusion_matrix", "num_test", "num_mistakes",
+    # the checkpoint's validation accuracy against this test split (`val_check`)
+    "val_test_gap", "val_warning",
+    # two classes with Grad-CAM: mean share of the maps' positive mass in the central box
+    # (fruitnet.explain.focus), over all test images and per class
+    "cam_central_share", "cam_central_share_per_class",
     # this evaluation: its own time, device and files
     "wall_s", "device", "precision", "run_dir", "overrides", "task_name", "artifacts",
     # the training run the checkpoint comes from (TRAINED_KEYS)
@@ -75,6 +83,28 @@ TRAINED_KEYS: tuple[str, ...] = (
     "epochs", "test_acc", "wall_s", "train_images_per_s", "latency_ms_b1", "finished",
 )  # fmt: skip
 _METRICS_AFTER = {"train": "val_acc", "eval": "test_acc"}
+# Validation accuracy this far above test accuracy (10 points) says the validation split does not
+# look like the test data: it picks checkpoints and thresholds for data the model will not see.
+VAL_GAP_WARN = 0.10
+
+log = logging.getLogger("fruitnet.record")
+
+
+def val_check(val_acc: float | None, test_acc: float | None) -> dict[str, Any]:
+    """``val_test_gap`` (validation minus test accuracy) and ``val_warning`` (the gap is over
+    `VAL_GAP_WARN`), with one warning line when it is; null when either is unknown."""
+    if val_acc is None or test_acc is None:
+        return {"val_test_gap": None, "val_warning": None}
+    gap = float(val_acc) - float(test_acc)
+    warn = gap > VAL_GAP_WARN
+    if warn:
+        log.warning(
+            "validation accuracy %.1f %% is %.1f points above test accuracy %.1f %%: the "
+            "validation split does not look like the test data (README: carve it by patient "
+            "or source, data.val_group)",
+            100 * float(val_acc), 100 * gap, 100 * float(test_acc),
+        )  # fmt: skip
+    return {"val_test_gap": gap, "val_warning": warn}
 
 
 def run_record(
@@ -90,6 +120,8 @@ def run_record(
         raise KeyError(f"not keys of a {kind} results.json (fruitnet.record.{name}): {unknown}")
     values = {**environment(), **values, "kind": kind}
     metrics = dict(metrics or {})
+    if kind == "train" and "val_test_gap" not in values:
+        values.update(val_check(values.get("val_acc"), metrics.get("test_acc")))
     record: dict[str, Any] = {}
     for key in keys:
         record[key] = metrics.pop(key) if key in metrics else values.get(key)
@@ -161,6 +193,7 @@ def test_metrics(metrics: Mapping[str, Any], class_names: list[str], details: Ma
     if details:
         out["per_class_acc"] = dict(zip(class_names, details["per_class_acc"], strict=True))
         out["confusion_matrix"] = details["confusion_matrix"]
+        out["threshold"] = details.get("threshold")
     return out
 
 

@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from fruitnet import assemble, record
 
     output_dir, ckpt_path = assemble.start_run(cfg)
-    dm = assemble.build_datamodule(cfg.data)
+    dm = assemble.build_datamodule(cfg.data, cfg=cfg)
     module = assemble.build_module(cfg, dm)
     callbacks = assemble.run_callbacks(cfg)
     trainer = assemble.build_trainer(cfg, callbacks)

@@ -100,6 +100,12 @@ RULES = [
     ("atomic writes", "fruitnet.files", lambda s, c, d: "os.replace" in c),
     ("device sync", "fruitnet.timing", lambda s, c, d: "torch.cuda.synchronize" in c),
     ("the multirun test", "fruitnet.config", lambda s, c, d: bool({"_is_multirun"} & d)),
+    ("the ONNX export call", "fruitnet.deploy", lambda s, c, d: "torch.onnx.export" in c),
+    (
+        "the ORT session",
+        "fruitnet.deploy",
+        lambda s, c, d: bool({"ort.InferenceSession", "onnxruntime.InferenceSession"} & c),
+    ),
 ]
 
 
@@ -125,3 +131,17 @@ def test_every_package_ships_in_the_wheel():
     assert on_disk - listed == set(), (
         f"add to pyproject.toml [tool.setuptools] packages: {sorted(on_disk - listed)}"
     )
+
+
+def test_shared_modules_import_no_entry_point():
+    """An entry point reaching another through a shared module is the same coupling: the shared
+    modules below the entry points import none of them."""
+    leaks = {}
+    for path in _modules():
+        name = _name(path).removesuffix(".__init__")
+        if name in ENTRY_POINTS or name == "fruitnet.report":  # report/__init__ re-exports its CLI
+            continue
+        hit = _imports(path) & ENTRY_POINTS
+        if hit:
+            leaks[name] = sorted(hit)
+    assert not leaks, f"shared modules importing entry points: {leaks}"

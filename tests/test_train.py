@@ -13,7 +13,7 @@ import torch
 from helpers import CONF_DIR, REPO, cli, compose_cfg, read_results, train
 from omegaconf import OmegaConf
 
-from fruitnet.models import list_models
+from fruitnet.models import list_families, list_models
 
 REQUIRED_KEYS = {
     "model", "data", "norm", "num_classes", "class_names", "params", "checkpoint_mb",
@@ -56,7 +56,7 @@ def test_every_config_option_composes_and_resolves(group, option, tmp_path):
     cfg = compose_cfg(overrides, tmp_path)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(job, resolve=True)
-    assert resolved["model"]["name"] in list_models()
+    assert resolved["model"]["name"] in list_models() + list_families()
     assert resolved["data"]["norm"] is resolved["norm"]
 
 

@@ -35,6 +35,19 @@ class Comparison:
     default: bool = True
     # Key of a comparison whose study runs (same data, budget, seeds) this one shares
     study_from: str | None = None
+    # More recipes in the same table, run between study and best for each seed
+    others: tuple[Recipe, ...] = ()
+    # (result key, lowest value) every seed of best must reach: PASS or MISS in the report
+    goal: tuple[tuple[str, float], ...] = ()
+    # Evaluate each run's checkpoint with Grad-CAM (fruitnet.eval explain=true): central share
+    explain: bool = False
+    # A template (bench/templates/<history>.md) with how the comparison's best was set up
+    history: str | None = None
+
+    def roles(self) -> list[tuple[str, Recipe]]:
+        """(role, recipe) in the order each seed runs them and the table lists them."""
+        others = [(f"other{i + 1}", r) for i, r in enumerate(self.others)]
+        return [("study", self.study), *others, ("best", self.best)]
 
 
 def _recipes(cases: dict) -> dict[str, Recipe]:
@@ -56,6 +69,8 @@ def _comparisons(cases: dict) -> list[Comparison]:
         fields = {**c, "study": recipes[c["study"]], "best": recipes[c["best"]]}
         if "seeds" in fields:
             fields["seeds"] = tuple(fields["seeds"])
+        fields["others"] = tuple(recipes[name] for name in c.get("others", ()))
+        fields["goal"] = tuple((k, float(v)) for k, v in c.get("goal", {}).items())
         out.append(Comparison(**fields))
     return out
 

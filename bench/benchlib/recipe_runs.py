@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import REPO, run_logged, shown_value
+from benchlib.recipe_panel import explain_run, read_explained
 from benchlib.recipe_plan import COMMON, COMPARISONS, Comparison, Recipe
 from benchlib.recipe_stats import combine_stages, max_time, stage_caps
 
@@ -31,6 +32,10 @@ SLIM_KEYS = (
     "process_s",
     "precision",
     "weights_source",
+    "threshold",
+    "cam_central_share",
+    "cam_central_share_per_class",
+    "load_avg",
 )
 
 
@@ -84,7 +89,10 @@ def run_recipe(
         res["process_s"] = seconds
         results.append(res)
         prev = res.get("last_ckpt")
-    return {**combine_stages(results), "run_dirs": [str(d) for d in dirs]}
+    out = {**combine_stages(results), "run_dirs": [str(d) for d in dirs]}
+    if comp.explain:
+        out.update(explain_run(out, dirs[-1].parent / "eval"))
+    return out
 
 
 def joined_rows(run_dirs: Sequence[Path]) -> list[dict[str, float]]:
@@ -99,14 +107,15 @@ def joined_rows(run_dirs: Sequence[Path]) -> list[dict[str, float]]:
 
 def load_runs(work: Path, comp: Comparison) -> Runs:
     """The finished seeds of one comparison, read back from its run directories."""
-    runs: Runs = {"study": [], "best": []}
-    for role, recipe in (("study", comp.study), ("best", comp.best)):
+    runs: Runs = {role: [] for role, _ in comp.roles()}
+    for role, recipe in comp.roles():
         key = comp.study_from if role == "study" and comp.study_from else comp.key
         for seed in comp.seeds:
             dirs = stage_dirs(work, key, role, seed, recipe)
             files = [d / "results.json" for d in dirs]
             if all(f.is_file() for f in files):
                 res = combine_stages([json.loads(f.read_text()) for f in files])
+                res.update(read_explained(dirs[-1].parent / "eval") if comp.explain else {})
                 runs[role].append({**res, "run_dirs": [str(d) for d in dirs]})
     return runs
 
@@ -120,6 +129,9 @@ def load_manifest(work: Path, manifest: dict[str, Any]) -> tuple[list[Comparison
             by_key[entry["key"]], budget_s=entry["budget_s"], seeds=tuple(entry["seeds"])
         )
         all_runs[comp.key] = load_runs(work, comp)
+        for rs in all_runs[comp.key].values():  # the machine's load, as the first call saw it
+            for r in rs:
+                r.setdefault("load_range", entry.get("load_avg"))
         done.append(comp)
     return done, all_runs
 

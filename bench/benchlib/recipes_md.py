@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.common import machine, shown_args, template
+from benchlib.recipe_panel import goal_verdict, share_cell, threshold_cell
 from benchlib.recipe_plan import COLORS, COMMON, COMPARISONS, Comparison, Recipe
 from benchlib.recipe_runs import Runs, joined_rows
 from benchlib.recipe_stats import spread, verdict
@@ -35,9 +36,11 @@ def comparison_table(comp: Comparison, runs: Runs) -> str:
     head = ["recipe", "seeds", "test acc %", "val acc %"]
     if comp.binary:
         head += ["sensitivity %", "specificity %", "AUROC"]
+    if comp.explain:
+        head += ["central share", "threshold"]
     head += ["epochs", "minutes (run)", "init"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for role, recipe in (("study", comp.study), ("best", comp.best)):
+    for role, recipe in comp.roles():
         rs = runs.get(role, [])
         if not rs:
             continue
@@ -50,6 +53,8 @@ def comparison_table(comp: Comparison, runs: Runs) -> str:
             ]
             auroc = spread(_values(rs, "test_auroc"))
             row.append(DASH if not auroc["n"] else f"{auroc['mean']:.3f} ± {auroc['std']:.3f}")
+        if comp.explain:
+            row += [share_cell(rs), threshold_cell(rs)]
         epochs = sorted({int(r["epochs"]) for r in rs if r.get("epochs") is not None})
         row.append("/".join(str(e) for e in epochs))
         row.append(f"{spread(_values(rs, 'wall_s'))['mean'] / 60:.2f}")
@@ -68,10 +73,10 @@ def write_curves(comp: Comparison, runs: Runs, out_dir: Path) -> Path:
     from fruitnet.report import write_curves as report_curves
 
     plotted, rows = [], []
-    for role in ("study", "best"):
-        recipe = comp.study if role == "study" else comp.best
+    for role, recipe in comp.roles():
+        palette = COLORS.get(role, COLORS.get("other", COLORS["study"]))
         for i, r in enumerate(runs.get(role, [])):
-            plotted.append({"label": f"{recipe.label} s{r['seed']}", "color": COLORS[role][i % 4]})
+            plotted.append({"label": f"{recipe.label} s{r['seed']}", "color": palette[i % 4]})
             rows.append(joined_rows([Path(d) for d in r["run_dirs"]]))
     title = f"{comp.key}: {comp.dataset}, {comp.budget_s} s budget per run"
     return report_curves(plotted, out_dir / f"{comp.key}.png", rows=rows, title=title)
@@ -88,7 +93,7 @@ def _test_verdict(runs: Runs) -> str:
     )
 
 
-def _command(argv: Sequence[str]) -> str:
+def shown_command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "bench/recipes.py", *shown_args(argv)])
 
 
@@ -96,8 +101,8 @@ def render_intro(all_runs, argv, started, minutes, also) -> str:
     any_run = next((r for c in all_runs.values() for rs in c.values() for r in rs), {})
     here = machine()
     return template(
-        "recipes/intro", command=_command(argv), started=started, minutes=minutes,
-        also="".join(f"; then `{_command(more)}`" for more in also),
+        "recipes/intro", command=shown_command(argv), started=started, minutes=minutes,
+        also="".join(f"; then `{shown_command(more)}`" for more in also),
         cpu=here["cpu"], cores=here["cores"], bf16=", AVX-512 BF16" if here["bf16"] else "",
         precision=any_run.get("precision", "?"), torch=any_run.get("torch_version", "?"),
         lightning=any_run.get("lightning_version", "?"),
@@ -112,7 +117,28 @@ def render_comparison(comp: Comparison, runs: Runs) -> str:
         common=" ".join(COMMON), study_overrides=_overrides(comp, comp.study),
         best_overrides=_overrides(comp, comp.best), table=comparison_table(comp, runs),
         best=comp.best.label, study=comp.study.label, verdict=_test_verdict(runs),
+        extra=_panel_text(comp, runs),
     )  # fmt: skip
+
+
+def _panel_text(comp: Comparison, runs: Runs) -> str:
+    """A goal's PASS / MISS, the other recipes' overrides, the machine's load (several recipes
+    against a goal: the chest comparison); empty for a plain study-against-best comparison."""
+    if not comp.goal and not comp.others:
+        return ""
+    every = [r for role, _ in comp.roles() for r in runs.get(role, [])]
+    loads = [float(r["load_avg"]) for r in every if r.get("load_avg") is not None]
+    loads = loads or next((list(r["load_range"]) for r in every if r.get("load_range")), [])
+    return (
+        "\n\n"
+        + template(
+            "recipes/panel",
+            goal=goal_verdict(comp.best.label, runs.get("best", []), comp.goal),
+            others="; ".join(f"`{r.label}` {_overrides(comp, r)}" for r in comp.others) or "none",
+            load=f"{min(loads):.1f}–{max(loads):.1f}" if loads else "not recorded",
+        )
+        + ("\n\n" + template(comp.history) if comp.history else "")
+    )
 
 
 def render(

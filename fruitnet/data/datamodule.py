@@ -33,7 +33,7 @@ from fruitnet.data.loading import (
     collate_batch,
     preload_split,
 )
-from fruitnet.data.scan import DataWarning, Sample, scan_dataset, stratified_split
+from fruitnet.data.scan import DataWarning, Sample, carve_val, scan_dataset, stratified_split
 from fruitnet.data.stats import auto_image_size, cached_dataset_stats, inverse_frequency_weights
 from fruitnet.data.transforms import AUGMENTS, BatchTransform, image_spec, preprocess_spec
 
@@ -85,6 +85,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         persistent_workers: bool | str = "auto",
         val_fraction: float = 0.1,
         use_given_val: bool = False,
+        val_group: str | None = None,
         split: Sequence[float] = (0.8, 0.1, 0.1),
         augment: str = "none",
         skip_corrupt: bool = False,
@@ -98,6 +99,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         max_samples_per_class: int | None = None,
         drop_last: bool | str = "auto",
         channels_last: bool = False,
+        model_preprocess: dict | None = None,
     ) -> None:
         super().__init__()
         _check_choice("augment", augment, AUGMENTS)
@@ -119,6 +121,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         self.val_fraction = float(val_fraction)
         self.use_given_val = bool(use_given_val)
+        self.val_group = val_group  # a regex: carve val by patient or source (scan.carve_val)
         self.split = tuple(float(f) for f in split)
         self.augment = augment
         self.skip_corrupt = bool(skip_corrupt)
@@ -137,6 +140,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         self.drop_last = drop_last
         self.channels_last = bool(channels_last)
+        self.model_preprocess = model_preprocess  # set by fruitnet.assemble.build_datamodule
 
         # Filled by setup(), as are the attributes set to None on the class.
         self.split_counts: dict[str, int] = {}
@@ -170,9 +174,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.task = "binary" if self.num_classes == 2 else "multiclass"
 
         size = 224 if self.norm else self.image_size
-        if size is None:
+        if size is None and not self.model_preprocess:
             size = auto_image_size([p for p, _ in train], seed=self.seed)
-        spec = preprocess_spec(self.norm, size)
+        # A torchvision/timm model's own pipeline (`fruitnet.models.preprocess_for`) wins.
+        spec = dict(self.model_preprocess or preprocess_spec(self.norm, size))
         self.input_size = spec["size"]
         decode = functools.partial(load_image, **image_spec(spec))
         self.train_set, self.val_set, self.test_set = (
@@ -278,11 +283,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ internals
 
     def _splits(self, scan) -> tuple[list[Sample], list[Sample], list[Sample]]:
-        labels = [y for _, y in scan.train]
         if scan.layout == "single":
-            parts = stratified_split(labels, self.split, self.seed)
-            train, val, test = ([scan.train[i] for i in idx] for idx in parts)
-            return train, val, test
+            parts = stratified_split([y for _, y in scan.train], self.split, self.seed)
+            return tuple([scan.train[i] for i in idx] for idx in parts)
         test = list(scan.test or [])
         if self.use_given_val and scan.val:
             return list(scan.train), list(scan.val), test
@@ -300,10 +303,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         if self.val_fraction <= 0:
             return list(scan.train), [], test
-        train_idx, val_idx = stratified_split(
-            labels, (1 - self.val_fraction, self.val_fraction), self.seed
-        )
-        return [scan.train[i] for i in train_idx], [scan.train[i] for i in val_idx], test
+        return (*carve_val(scan.train, self.val_fraction, self.seed, self.val_group), test)
 
     def _cache_fits(self, n_images: int, size: int) -> bool:
         """`cache=auto`: whether the decoded set (``n x 3 x size x size`` bytes) fits

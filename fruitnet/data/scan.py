@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -310,3 +311,60 @@ def _part_counts(n: int, fr: np.ndarray) -> list[int]:
         j = max(i for i, k in enumerate(rest) if k > 0)
         rest[j] -= 1
     return [n - sum(rest), *rest]
+
+
+def group_pattern(pattern: str | None) -> re.Pattern | None:
+    """``data.val_group`` compiled; a bad regex is a one-line error naming it."""
+    if pattern in (None, ""):
+        return None
+    try:
+        return re.compile(str(pattern))
+    except re.error as err:
+        raise ValueError(f"data.val_group={pattern!r} is not a regular expression: {err}") from err
+
+
+def carve_val(
+    samples: Sequence[Sample], fraction: float, seed: int = 42, group: str | None = None
+) -> tuple[list[Sample], list[Sample]]:
+    """``fraction`` of ``samples`` carved out for validation, stratified by class and seeded.
+
+    ``group``: the first match of this regex in a file's name names its group (a patient:
+    ``person\\d+``), and a group goes wholly to one side, so no patient's images sit in both;
+    a file without a match is a group of its own. Groups are taken in a seeded random order
+    while their class still needs validation images (at least one group per class with 2+
+    groups), so the fractions come out close to, not exactly at, ``fraction``.
+    """
+    labels = np.asarray([y for _, y in samples], dtype=np.int64)
+    pattern = group_pattern(group)
+    if pattern is None:
+        train_idx, val_idx = stratified_split(labels, (1 - fraction, fraction), seed)
+    else:
+        train_idx, val_idx = _grouped_split(samples, labels, fraction, seed, pattern)
+    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+
+
+def _grouped_split(samples, labels, fraction, seed, group) -> tuple[np.ndarray, np.ndarray]:
+    names = [m.group(0) if (m := group.search(p.name)) else p.name for p, _ in samples]
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        members.setdefault(name, []).append(i)
+    keys = sorted(members)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    classes = np.unique(labels)
+    want = {int(c): round(int((labels == c).sum()) * fraction) for c in classes}
+    # Groups per class (by their first image's label): a class keeps at least one in train
+    groups_of = {int(c): sum(1 for k in keys if labels[members[k][0]] == c) for c in classes}
+    taken = dict.fromkeys(want, 0)
+    chosen = dict.fromkeys(want, 0)
+    val: list[int] = []
+    for j in order:
+        idx = members[keys[j]]
+        c = int(labels[idx[0]])
+        first = chosen[c] == 0 and groups_of[c] > 1 and fraction > 0
+        if first or (taken[c] + len(idx) <= want[c] and chosen[c] < groups_of[c] - 1):
+            val += idx
+            taken[c] += len(idx)
+            chosen[c] += 1
+    val_idx = np.sort(np.asarray(val, dtype=np.int64))
+    train_idx = np.setdiff1d(np.arange(len(samples)), val_idx)
+    return train_idx, val_idx

@@ -25,7 +25,10 @@ __all__ = [
     "preprocess_spec",
 ]
 
-AUGMENTS = ("none", "basic")
+# none: the study; basic: flips, small affine, colour jitter (Fruits-360); crop_erase: random
+# resized crops, erasing and intensity changes, no flips (X-rays: the heart is on one side),
+# against shortcuts in the border and corners (markers, text, collimation edges)
+AUGMENTS = ("none", "basic", "crop_erase")
 
 
 def preprocess_spec(norm: bool, image_size: int | None = None) -> dict:
@@ -59,6 +62,11 @@ class BatchTransform(nn.Module):
 
     ``augment="basic"`` draws its parameters per sample: a torchvision v2 transform draws one set
     per call, so applied to a batch it would flip or rotate every image the same way.
+    ``augment="crop_erase"`` (per sample too): a random resized crop (side 70-100 % of the
+    image's, anywhere inside it, +-``max_rotate`` degrees) stretched back to the input size, so
+    the border and a corner marker are often cut off or moved; brightness and contrast
+    x(1 +- ``jitter``); and with probability ``erase_p`` one rectangle (2-20 % of the area, the
+    image's mean) erased, so no small region can carry the decision alone.
     Mean/std are kept as plain floats, so the module works on whatever device the batch is on
     without being registered anywhere.
     """
@@ -74,6 +82,9 @@ class BatchTransform(nn.Module):
         max_translate: float = 0.05,
         scale: tuple[float, float] = (0.9, 1.1),
         jitter: float = 0.2,
+        crop_side: tuple[float, float] = (0.7, 1.0),
+        erase_p: float = 0.5,
+        erase_area: tuple[float, float] = (0.02, 0.2),
     ) -> None:
         super().__init__()
         if augment not in AUGMENTS:
@@ -88,6 +99,9 @@ class BatchTransform(nn.Module):
         self.max_translate = max_translate
         self.scale = scale
         self.jitter = jitter
+        self.crop_side = crop_side
+        self.erase_p = erase_p
+        self.erase_area = erase_area
         self._identity_norm = self.mean == [0.0] * 3 and self.std == [1.0] * 3
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
@@ -102,6 +116,8 @@ class BatchTransform(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         if train and self.augment == "basic":
             x = self._basic(x)
+        elif train and self.augment == "crop_erase":
+            x = self._crop_erase(x)
         if not self._identity_norm:
             x = F.normalize(x, mean=self.mean, std=self.std)
         if self.channels_last:
@@ -114,6 +130,46 @@ class BatchTransform(nn.Module):
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         x = self._affine(x)
         return self._color_jitter(x).clamp_(0.0, 1.0)
+
+    def _crop_erase(self, x: torch.Tensor) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        lo, hi = self.crop_side
+        side = lo + torch.rand(n, device=dev) * (hi - lo)  # of the image's side, in (0, 1]
+        angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(self.max_rotate)
+        # The crop's centre anywhere that keeps it inside the image (normalised coordinates)
+        shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (1 - side)[:, None]
+        cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        )
+        grid = nnf.affine_grid(theta, list(x.shape), align_corners=False)
+        x = nnf.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+        def factors() -> torch.Tensor:
+            return 1 + (torch.rand(n, 1, 1, 1, device=dev) * 2 - 1) * self.jitter
+
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * factors() + mean * factors()  # contrast, then brightness
+        return self._erase(x.clamp_(0.0, 1.0))
+
+    def _erase(self, x: torch.Tensor) -> torch.Tensor:
+        """One rectangle per chosen image set to the image's mean (random erasing, per sample)."""
+        n, _, h, w = x.shape
+        dev = x.device
+        lo, hi = self.erase_area
+        area = lo + torch.rand(n, device=dev) * (hi - lo)
+        aspect = torch.exp((torch.rand(n, device=dev) * 2 - 1) * math.log(3.0))
+        eh = (area * aspect).sqrt().clamp(max=1.0) * h
+        ew = (area / aspect).sqrt().clamp(max=1.0) * w
+        top = torch.rand(n, device=dev) * (h - eh)
+        left = torch.rand(n, device=dev) * (w - ew)
+        ys = torch.arange(h, device=dev)[None, :, None]
+        xs = torch.arange(w, device=dev)[None, None, :]
+        inside = (ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
+        inside = inside & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None])
+        chosen = torch.rand(n, device=dev) < self.erase_p
+        mask = (inside & chosen[:, None, None])[:, None]
+        return torch.where(mask, x.mean((1, 2, 3), keepdim=True), x)
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

@@ -27,10 +27,12 @@ norm=true or false alike) and go through the network in batches, in fp32, on the
 norm=false (squash), and onto the centre crop the network saw for norm=true (NaN outside it).
 
 Modules: `gradcam` (the extra, the layer, the maps), `geometry` (map onto image), `figures`
-(matplotlib), `overlays` (predict's PNGs).
+(matplotlib), `overlays` (predict's PNGs), `focus` (the share of a map's mass in the centre of
+the image: a measure of border and marker shortcuts).
 """
 
 from fruitnet.explain.figures import mean_map_figure, mistakes_cam_figure, overlay_figure
+from fruitnet.explain.focus import REGION, ShareRecorder, central_share, summarize
 from fruitnet.explain.geometry import (
     DISPLAY_SIDE,
     display_image,
@@ -55,10 +57,13 @@ from fruitnet.explain.overlays import overlay_names, write_overlays
 __all__ = [
     "DISPLAY_SIDE",
     "INSTALL_HINT",
+    "REGION",
+    "ShareRecorder",
     "CamExplainer",
     "ExplainUnavailableError",
     "available",
     "cam_layer_of",
+    "central_share",
     "class_mean_maps",
     "display_image",
     "find_cam_layer",
@@ -70,6 +75,7 @@ __all__ = [
     "overlay_names",
     "require",
     "sample_evenly",
+    "summarize",
     "to_image_geometry",
     "wanted",
     "write_overlays",

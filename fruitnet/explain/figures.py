@@ -8,6 +8,7 @@ class named, blue = evidence for the other class, white = neither. Every figure 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from fruitnet.explain.focus import CENTRE, central_share
 from fruitnet.explain.gradcam import normalize_maps
 from fruitnet.plots import shorten
 
@@ -84,7 +86,8 @@ def overlay_figure(
     region: tuple[float, ...] | None = None,
 ) -> Figure:
     """Two panels: the image, and the image with the 0..1 ``cam`` blended over it (jet; NaN
-    transparent), a colour bar, the title above; ``region`` ``(top, left, h, w)`` outlines the
+    transparent) with its central-mass share (`fruitnet.explain.focus`, the central box dashed),
+    a colour bar, the title above; ``region`` ``(top, left, h, w)`` outlines the
     part the network saw (norm=true's centre crop). A panel's longer side is the image's at
     100 dpi, kept within 2.4..3.2 inches (a 100 px fruit is not blown up, a photo not shrunk
     to a stamp)."""
@@ -107,7 +110,13 @@ def overlay_figure(
     _overlay(ax_cam, image, cam)
     _note_if_empty(ax_cam, cam)
     ax_image.set_title("image", fontsize=9)
-    ax_cam.set_title("Grad-CAM", fontsize=9)
+    # The share of the map's mass in the central box (fruitnet.explain.focus), drawn dashed
+    share = float(central_share(torch.as_tensor(np.asarray(cam, dtype=np.float64))))
+    ax_cam.set_title(
+        f"Grad-CAM, central share {share:.2f}" if math.isfinite(share) else "Grad-CAM", fontsize=9
+    )
+    if math.isfinite(share):
+        _centre_box(ax_cam, cam.shape)
     if region is not None and (region[0] > 0.5 or region[1] > 0.5):
         r_top, r_left, rh, rw = region
         for ax in (ax_image, ax_cam):
@@ -208,12 +217,19 @@ def mean_map_figure(
     *,
     title: str | None = None,
     signed: bool = False,
+    central: dict[str, Any] | None = None,
 ) -> Figure:
     """One column per class: the mean of its test images with the mean of their (0..1 scaled)
     Grad-CAM maps for that class over it, and the mean map alone below. ``signed``: the maps
     are signed maps of logit(class) - logit(other) (-1..1, `class_mean_maps(contrast=True)`):
-    red for the column's class, blue for the other."""
+    red for the column's class, blue for the other. ``central``: the maps' central-mass shares
+    (`fruitnet.explain.focus.summarize`), written under each class and in the title, the
+    central box dashed on the maps."""
     k = len(names)
+    if central is not None:
+        overall = _share_text(central.get("overall"))
+        line = f"central-mass share (dashed box, {CENTRE**2:.0%} of the area): {overall} over all"
+        title = f"{title}\n{line}" if title else line
     if signed:
         key = (
             "Mean Grad-CAM of logit(class) - logit(other class)\n"
@@ -236,6 +252,22 @@ def mean_map_figure(
         bottom.set_xticks([])
         bottom.set_yticks([])
         bottom.set_title(f"mean map for {shorten(names[c], 18)}", fontsize=9)
+        if central is not None:
+            share = _share_text((central.get("per_class") or {}).get(names[c]))
+            bottom.set_xlabel(f"central-mass share {share}", fontsize=9)
+            for ax in (top, bottom):
+                _centre_box(ax, cam.shape)
     if k:
         grid.colorbar(k, 2, ("other\nclass", "this\nclass") if signed else None)
     return grid.fig
+
+
+def _share_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _centre_box(ax, shape: tuple[int, ...]) -> None:
+    """The central box of `fruitnet.explain.focus` (half the height x half the width), dashed."""
+    h, w = shape[-2], shape[-1]
+    box = Rectangle((w / 4 - 0.5, h / 4 - 0.5), w / 2, h / 2, fill=False, ls="--", lw=1, ec="black")
+    ax.add_patch(box)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from fruitnet.data.transforms import BatchTransform
-from fruitnet.models import get_model_spec
+from fruitnet.models import resolve_spec
+from fruitnet.models.zoo import map_layout
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +101,18 @@ def find_cam_layer(net: nn.Module, input_size: int) -> str:
     return finished[-1]
 
 
-def cam_layer_of(net: nn.Module, model_name: str | None, input_size: int) -> str:
-    """The registry's ``cam_layer`` for ``model_name`` when it names a module of ``net``, else the
-    probe's choice (`find_cam_layer`): a model registered without one, or a searched net whose
-    config has no such layer."""
+def cam_layer_of(
+    net: nn.Module, model_name: str | None, input_size: int, model_kwargs: dict | None = None
+) -> str:
+    """The registry's ``cam_layer`` for ``model_name`` (a torchvision/timm family: for the
+    architecture in ``model_kwargs``) when it names a module of ``net``, else the probe's choice
+    (`find_cam_layer`): a model registered without one, or a searched net whose config has no
+    such layer."""
     name = None
     if model_name:
         try:
-            name = get_model_spec(model_name).cam_layer
-        except KeyError:
+            name = resolve_spec(model_name, model_kwargs).cam_layer
+        except (KeyError, ValueError):
             name = None
     if name:
         try:
@@ -167,10 +172,15 @@ class CamExplainer:
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
-        self.layer_name = layer or cam_layer_of(net, self.model_name, self.input_size)
+        self.layer_name = layer or cam_layer_of(
+            net, self.model_name, self.input_size, hparams.get("model_kwargs")
+        )
         self.layer = net.get_submodule(self.layer_name)
-        self._cam = attr.LayerGradCam(self.module, self.layer)
-        self._contrast_cam = attr.LayerGradCam(self._contrast_logits, self.layer)
+        # Captum explains the layer's output seen as N x C x H x W (`AsMap`), so a ViT's tokens
+        # and a Swin stage's NHWC map get their maps too; a plain conv map passes unchanged.
+        self._as_map = AsMap()
+        self._cam = attr.LayerGradCam(self.module, self._as_map.grid)
+        self._contrast_cam = attr.LayerGradCam(self._contrast_logits, self._as_map.grid)
         self._interpolate = attr.LayerAttribution.interpolate
 
     def __repr__(self) -> str:
@@ -231,8 +241,10 @@ class CamExplainer:
         side = tuple(images.shape[-2:])
         step = max(1, int(batch_size))
         out = []
+        # The layer's output goes through `AsMap` only while maps are made.
+        hook = self.layer.register_forward_hook(lambda _m, _a, output: self._as_map(output))
         # Captum needs autograd, also when the caller runs under no_grad or inference_mode.
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), _removing(hook):
             for start in range(0, n, step):
                 chunk = images[start : start + step].to(self.device)
                 x = self.transform(chunk).requires_grad_(True)  # frozen weights still get a map
@@ -248,6 +260,43 @@ class CamExplainer:
                 cam = self._interpolate(cam.detach().float(), side, "bilinear")
                 out.append(cam[:, 0].cpu())
         return torch.cat(out) if out else torch.zeros(0, *side)
+
+
+class AsMap(nn.Module):
+    """A layer's output, passed through ``grid`` (an identity whose output Captum explains) as an
+    N x C x H x W map and back: ViT tokens ``N x (P + S*S) x C`` (the P class/register tokens
+    set aside, the patch tokens laid on their S x S grid) and NHWC maps are rearranged; the
+    network's result is unchanged. Anything else is refused in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid = nn.Identity()
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        layout = map_layout(shape)
+        if layout == "nhwc":
+            return self.grid(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        if len(shape) == 4:
+            return self.grid(out)
+        side = math.isqrt(shape[1]) if layout == "tokens" else 0
+        prefix = shape[1] - side * side if side else 0
+        if not side or prefix > 2 * side:
+            raise ValueError(
+                f"Grad-CAM does not apply to this layer's output {list(shape)}: it needs a "
+                "N x C x H x W map or ViT tokens on a square patch grid "
+                "(CamExplainer(layer=...) picks another layer)"
+            )
+        patches = out[:, prefix:].transpose(1, 2).reshape(shape[0], shape[2], side, side)
+        return torch.cat([out[:, :prefix], self.grid(patches).flatten(2).transpose(1, 2)], 1)
+
+
+@contextmanager
+def _removing(handle: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _batches(images: torch.Tensor, size: int) -> Iterator[torch.Tensor]:

@@ -23,6 +23,7 @@ from fruitnet.models.weights import (
     WeightsSource,
     WeightsUnavailableError,
     fetch,
+    keep_metadata,
     load_checked,
     load_state_dict_file,
 )
@@ -54,6 +55,22 @@ class ModelSpec:
     # conv stage. None (or a path that does not resolve in a built net): the last module holding
     # an nn.Conv2d whose output is 4-D, found by one probe forward.
     cam_layer: str | None = None
+    # The shorter side of the model's own eval pipeline (its library's metadata), used with
+    # norm=true instead of the ProxylessNAS 256/224 one; None: the data's pipeline (study models).
+    resize: int | None = None
+    # The network takes ``input_size`` only (a torchvision ViT's patch grid): the data is resized
+    # to it, also with norm=false.
+    fixed_size: bool = False
+    # Key prefixes of a weights file that the built network leaves out (torchvision's auxiliary
+    # heads): dropped before the strict load.
+    ignore_keys: tuple[str, ...] = ()
+    # Builds the network with its library's own pretrained weights and cache (timm, the Hugging
+    # Face cache): ``load_pretrained(*, num_classes, input_size, **kwargs) -> (net, file)``;
+    # raises WeightsUnavailableError when the file is neither cached nor downloadable.
+    load_pretrained: Callable[..., tuple[nn.Module, str]] | None = None
+    # A family of architectures (torchvision, timm): ``resolve(**kwargs)`` is the ModelSpec of
+    # the one ``kwargs["arch"]`` names, read from its library's metadata.
+    resolve: Callable[..., ModelSpec] | None = None
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -101,12 +118,41 @@ def get_model_spec(name: str) -> ModelSpec:
         return _REGISTRY[name.lower()]
     except KeyError:
         raise UnknownModelError(
-            f"unknown model {name!r}; valid names: {', '.join(list_models())}"
+            f"unknown model {name!r}; valid names: {', '.join(list_models())}, or "
+            f"{' / '.join(list_families())} with model.arch=<name>"
         ) from None
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    """The models that build by name alone (the study's); families are `list_families`."""
+    return sorted(k for k, spec in _REGISTRY.items() if spec.resolve is None)
+
+
+def list_families() -> list[str]:
+    """The families whose ``arch`` keyword names the network (torchvision, timm)."""
+    return sorted(k for k, spec in _REGISTRY.items() if spec.resolve is not None)
+
+
+def resolve_spec(name: str, kwargs: Mapping[str, object] | None = None) -> ModelSpec:
+    """The spec of ``name``; for a family (``model=torchvision model.arch=...``), the spec of the
+    architecture ``kwargs["arch"]`` names."""
+    spec = get_model_spec(name)
+    return spec.resolve(**dict(kwargs or {})) if spec.resolve is not None else spec
+
+
+def preprocess_for(name: str, kwargs: Mapping[str, object] | None, *, norm: bool) -> dict | None:
+    """The preprocess dict (docs/ARCHITECTURE.md) the model's own metadata asks for, or None when
+    the data's pipeline applies: with norm=true a torchvision/timm model's eval resize, crop and
+    mean/std; with norm=false only a network that takes one input size (then squashed to it)."""
+    spec = resolve_spec(name, kwargs)
+    size = spec.input_size
+    if norm and spec.resize is not None:
+        return {"resize": spec.resize, "crop": size, "size": size,
+                "mean": list(spec.mean), "std": list(spec.std)}  # fmt: skip
+    if spec.fixed_size:
+        log.info("%s takes %d px inputs only: the images are resized to %d px", name, size, size)
+        return {"resize": size, "crop": None, "size": size, "mean": [0.0] * 3, "std": [1.0] * 3}
+    return None
 
 
 def model_kwargs(spec: ModelSpec) -> dict[str, object]:
@@ -138,8 +184,8 @@ def create_model(
     """
     if pretrained not in (True, False, "auto"):
         raise ValueError(f"pretrained must be true, false or auto, got {pretrained!r}")
-    spec = get_model_spec(name)
-    _check_kwargs(spec, kwargs)
+    _check_kwargs(get_model_spec(name), kwargs)
+    spec = resolve_spec(name, kwargs)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     size = spec.input_size if input_size is None else int(input_size)
@@ -148,6 +194,15 @@ def create_model(
         path = Path(weights).expanduser()
         return _from_state(build, spec, load_state_dict_file(path), num_classes, str(path))
     source = spec.weights_source(**kwargs) if spec.weights_source is not None else None
+    if pretrained and spec.load_pretrained is not None:
+        try:
+            model, path = spec.load_pretrained(num_classes=num_classes, input_size=size, **kwargs)
+        except WeightsUnavailableError as err:
+            if pretrained is True:
+                raise
+            log.warning("pretrained=auto: training %s from random init. %s", spec.name, err)
+            return _tag(build(num_classes=num_classes), None)
+        return _tag(model, path)
     if pretrained == "auto" and source is None:
         pretrained = False
     if pretrained:
@@ -174,6 +229,9 @@ def _tag(model: nn.Module, source: str | None) -> nn.Module:
 
 
 def _check_kwargs(spec: ModelSpec, kwargs: Mapping[str, object]) -> None:
+    params = inspect.signature(spec.builder).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return  # a family passes the rest to its library's builder, which names what it rejects
     accepted = model_kwargs(spec)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -195,6 +253,8 @@ def _from_state(
     num_classes: int,
     source: str,
 ) -> nn.Module:
+    if spec.ignore_keys:
+        state = {k: v for k, v in state.items() if not k.startswith(spec.ignore_keys)}
     file_classes = _head_classes(state, spec.head)
     if file_classes == num_classes:
         model = build(num_classes=num_classes)
@@ -205,7 +265,10 @@ def _from_state(
     # The fresh head keeps the architecture's own init (e.g. Xavier for the cnn).
     model = build(num_classes=num_classes)
     head_prefix = f"{spec.head}."
-    backbone = {k: v for k, v in donor.state_dict().items() if not k.startswith(head_prefix)}
+    donor_state = donor.state_dict()
+    backbone = keep_metadata(
+        {k: v for k, v in donor_state.items() if not k.startswith(head_prefix)}, donor_state
+    )
     result = model.load_state_dict(backbone, strict=False)
     if result.unexpected_keys or any(not k.startswith(head_prefix) for k in result.missing_keys):
         raise RuntimeError(f"head swap for {spec.name} left backbone keys unloaded: {result}")

@@ -15,6 +15,7 @@ import hashlib
 import pickle
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -183,7 +184,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: not a state_dict, entries are not tensors: {_preview(bad)} "
             '(a checkpoint must keep its weights under a "state_dict" entry)'
         )
-    return _strip_wrapper_prefix(dict(state), lightning=is_checkpoint)
+    stripped, prefix = _strip_wrapper_prefix(dict(state), lightning=is_checkpoint)
+    return keep_metadata(stripped, state, prefix)
 
 
 def _torch_load(path: Path) -> object:
@@ -204,13 +206,16 @@ def _torch_load(path: Path) -> object:
         ) from exc
 
 
-def _strip_wrapper_prefix(state: dict[str, torch.Tensor], *, lightning: bool) -> dict:
+def _strip_wrapper_prefix(state: dict[str, torch.Tensor], *, lightning: bool) -> tuple[dict, str]:
+    """The state without its wrappers' key prefix, and that prefix."""
+    removed = ""
     changed = True
     while changed and state:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items()}
+                removed += prefix
                 changed = True
     if lightning:
         # A LightningModule's state_dict also holds non-network tensors (e.g. a loss's class
@@ -218,8 +223,26 @@ def _strip_wrapper_prefix(state: dict[str, torch.Tensor], *, lightning: bool) ->
         for prefix in _WRAPPER_PREFIXES[1:]:
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if sub:
-                return sub
-    return state
+                return sub, removed + prefix
+    return state, removed
+
+
+def keep_metadata(
+    state: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """``state`` (``source``'s keys below ``prefix``, without it) with ``source``'s per-module
+    version metadata carried over: torchvision's MNASNet refuses a state_dict without it."""
+    meta = getattr(source, "_metadata", None)
+    if meta is None:
+        return dict(state)
+    out = OrderedDict(state)
+    root = prefix.rstrip(".")
+    out._metadata = OrderedDict(
+        ("" if k == root else k[len(prefix) :], v)
+        for k, v in meta.items()
+        if k == root or k.startswith(prefix)
+    )
+    return out
 
 
 def load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

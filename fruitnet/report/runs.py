@@ -178,12 +178,12 @@ def norm_words(run: dict[str, Any]) -> str:
 
 def model_words(run: dict[str, Any]) -> str:
     """The model's name; a ProxylessNAS net built from a net config (a search's arch.json) is
-    named a searched net, with the folder of its config."""
+    named a searched net, with the folder of its config; a torchvision/timm one family/arch."""
     model = str(run.get("model", "?"))
     arch = run.get("arch")
     if model == "proxyless" and arch:
         return f"searched net ({Path(str(arch)).parent.name or Path(str(arch)).name})"
-    return model
+    return f"{model}/{arch}" if model in ("torchvision", "timm") and arch else model
 
 
 def run_label(run: dict[str, Any], *, with_data: bool = False) -> str:

@@ -6,16 +6,15 @@ and the found nets alike, so that the table predicts what is measured where the 
 ``onnxruntime`` exports the module as `python -m fruitnet.export` does (the TorchScript-based
 exporter, eval mode, contiguous fp32; BatchNorm is folded into the convs by ORT's graph
 optimisation) and runs it in an ORT CPU session with PyTorch's intra-op thread count, as
-`fruitnet.export.load_exported` does; whole nets take the export's own input (uint8 images, the
-normalisation inside: `fruitnet.export.ExportModel`). It always times on the CPU: a net exported to
-ONNX is deployed there even when the search trains on a GPU.
+`python -m fruitnet.export` runs its check; whole nets take the export's own input (uint8 images,
+the normalisation inside: `fruitnet.deploy.ExportModel`). It always times on the CPU: a net
+exported to ONNX is deployed there even when the search trains on a GPU.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fruitnet.deploy import ExportModel, export_onnx, ort_session
 from fruitnet.search.space import SearchConfigError
 from fruitnet.timing import median_ms
 
@@ -65,32 +65,12 @@ def runtime_tag(runtime: str) -> str:
 
 
 def onnx_bytes(module: nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
-    """``module`` exported to ONNX as `fruitnet.export.save_onnx` does (no metadata), in memory."""
+    """``module`` exported to ONNX as `python -m fruitnet.export` exports (no metadata), in memory."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The same exporter and reason as fruitnet.export.save_onnx (dynamo=False).
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=opset,
-        )
+    export_onnx(
+        module, example, buffer, input_names=["input"], output_names=["output"], opset=opset
+    )
     return buffer.getvalue()
-
-
-def ort_session(model: bytes) -> Any:
-    """An ORT CPU session with PyTorch's thread count (as `fruitnet.export.load_exported`)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -149,12 +129,10 @@ def make_timer(runtime: str, **kwargs: Any) -> Timer:
 
 def whole_net(net: nn.Module, runtime: str, preprocess: dict[str, Any] | None) -> nn.Module:
     """What is timed for a whole net: in ORT, the export's model (uint8 in, normalisation inside,
-    `fruitnet.export.ExportModel`); elsewhere the net itself, as the search's torch timing always
+    `fruitnet.deploy.ExportModel`); elsewhere the net itself, as the search's torch timing always
     did."""
     if runtime != "onnxruntime":
         return net
-    from fruitnet.export import ExportModel
-
     pre = preprocess or {}
     mean = pre.get("mean") or [0.0, 0.0, 0.0]
     std = pre.get("std") or [1.0, 1.0, 1.0]
