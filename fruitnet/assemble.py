@@ -22,7 +22,7 @@ from fruitnet.checkpoints import CheckpointError, load_checkpoint, resolve_ckpt_
 from fruitnet.config import hydra_choices, instantiate_group, is_multirun, to_primitive
 from fruitnet.models.net_config import load_arch
 from fruitnet.module import ClassifierModule
-from fruitnet.runtime import configure_malloc, resolve_precision
+from fruitnet.runtime import configure_malloc, resolve_precision, uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ def build_datamodule(
 
         kwargs = model_kwargs_of(cfg, None)
         preprocess = preprocess_for(cfg.model.name, kwargs, norm=bool(data_cfg.get("norm")))
+        if preprocess is not None and float(data_cfg.get("crop_fraction") or 1.0) != 1.0:
+            raise ValueError(
+                f"data.crop_fraction is for the study models; model={cfg.model.name} decodes "
+                "with its own pipeline (resize, crop), so leave data.crop_fraction=1.0"
+            )
     dm = hydra.utils.instantiate(data_cfg)
     if preprocess is not None:
         # Set here, not as an instantiate kwarg: Hydra would turn the dict into a DictConfig,
@@ -163,6 +168,10 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None)
         extra["enable_model_summary"] = False
     if not find_callback(callbacks, StepLogInterval):
         callbacks = [*callbacks, StepLogInterval()]
+    if cfg.trainer.get("sync_batchnorm") and not uses_cuda(cfg.trainer.accelerator):
+        # torch's SyncBatchNorm runs on CUDA only: CPU processes (gloo) keep per-process stats
+        log.info("trainer.sync_batchnorm: off, it needs GPUs (this run's processes are on the CPU)")
+        extra["sync_batchnorm"] = False
     return hydra.utils.instantiate(
         cfg.trainer,
         callbacks=callbacks,

@@ -21,8 +21,13 @@ class ClassNamesError(ValueError):
 
 
 def checkpoint_norm(preprocess: dict[str, Any]) -> bool:
-    # norm=true is the only pipeline with a center crop (see fruitnet.data.transforms).
-    return preprocess.get("crop") is not None
+    # norm=true: a centre crop and a normalisation; norm=false with data.crop_fraction < 1 has the
+    # crop but feeds /255 only (see fruitnet.data.transforms).
+    plain = (
+        list(preprocess.get("mean", [])) == [0.0] * 3
+        and list(preprocess.get("std", [])) == [1.0] * 3
+    )
+    return preprocess.get("crop") is not None and not plain
 
 
 def training_data_hint(ckpt_path: str | Path) -> str:

@@ -323,3 +323,85 @@ def test_best_chest_composes_and_trains_with_fast_dev_run(tmp_path):
     assert results["experiment"] == "best_chest" and results["task"] == "binary"
     assert results["input_size"] == 32
     assert read_results(tmp_path)["threshold"] is not None
+
+
+# --------------------------------------------------------------------------- centre crop, pooled head
+
+
+def test_crop_fraction_keeps_the_centre_and_maps_back_onto_it(tmp_path):
+    from PIL import Image
+
+    from fruitnet.data import ImageFolderDataModule
+    from fruitnet.data.transforms import preprocess_spec
+    from fruitnet.explain.geometry import input_region, to_image_geometry
+
+    # A dark 40 x 40 centre on a white 64 x 64 film: the central half (32 x 32) is all dark
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            for k in range(4):
+                img = Image.new("RGB", (64, 64), (255, 255, 255))
+                img.paste((10 * k, 10 * k, 10 * k), (12, 12, 52, 52))
+                path = tmp_path / split / cls / f"{cls}_{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                img.save(path)
+    common = dict(root=tmp_path, image_size=16, val_fraction=0.25, num_workers=0, cache=False)
+    cropped = ImageFolderDataModule(crop_fraction=0.5, **common)
+    cropped.setup("fit")
+    assert cropped.preprocess["resize"] == 32 and cropped.preprocess["crop"] == 16
+    assert cropped.preprocess["mean"] == [0.0] * 3 and cropped.preprocess["std"] == [1.0] * 3
+    images = torch.stack([cropped.train_set[i][0] for i in range(len(cropped.train_set))])
+    assert images.shape[-2:] == (16, 16) and int(images.max()) <= 40  # no white border left
+    whole = ImageFolderDataModule(**common)
+    whole.setup("fit")
+    assert int(whole.train_set[0][0].max()) > 200  # squashed: the border is still there
+    # Grad-CAM overlays: the map lands on the central 32 x 32 of the 64 x 64 image, NaN outside
+    assert input_region(64, 64, cropped.preprocess) == (16.0, 16.0, 32.0, 32.0)
+    on_image = to_image_geometry(torch.ones(16, 16), 64, 64, cropped.preprocess)
+    assert math.isnan(on_image[0, 0]) and math.isnan(on_image[15, 32]) and on_image[32, 32] == 1
+    assert not math.isnan(on_image[16, 16]) and math.isnan(on_image[63, 63])
+    with pytest.raises(ValueError, match="crop_fraction"):
+        preprocess_spec(False, 16, 1.5)
+    with pytest.raises(ValueError, match="norm=false"):
+        preprocess_spec(True, None, 0.8)
+
+
+@pytest.fixture(scope="module")
+def cropped_run(tmp_path_factory) -> SimpleNamespace:
+    """A two-class run with the two chest options: a centre crop and the pooled CNN head."""
+    run_dir = tmp_path_factory.mktemp("cropped_run")
+    data_dir = tmp_path_factory.mktemp("cropped_data")
+    overrides = [*BINARY, "data.crop_fraction=0.5", "model.kwargs.head=avg",
+                 "trainer.max_epochs=2", "trainer.precision=32"]  # fmt: skip
+    results = train(overrides, run_dir, data_dir)
+    return SimpleNamespace(
+        run_dir=run_dir, data_dir=data_dir, results=results, ckpt=Path(results["best_ckpt"])
+    )
+
+
+def test_pooled_head_trains_and_rebuilds_from_the_checkpoint(cropped_run):
+    net = load_network(cropped_run.ckpt)
+    assert net.hparams["model_kwargs"]["head"] == "avg"
+    assert isinstance(net.net.classifier.pool, torch.nn.AdaptiveAvgPool2d)
+    assert net.net.classifier.fc1.in_features == 128
+    assert cropped_run.results["params"] < 200_000  # no 5 M-weight flatten FC
+    assert 0.0 <= cropped_run.results["test_acc"] <= 1.0
+
+
+def test_crop_fraction_travels_into_predict_and_eval(cropped_run, tmp_path):
+    from fruitnet.data.io import load_image
+    from fruitnet.eval import run as run_eval
+
+    pre = load_checkpoint(cropped_run.ckpt)["hyper_parameters"]["preprocess"]
+    assert (pre["resize"], pre["crop"], pre["size"]) == (64, 32, 32)
+    images, labels, paths = _split_images(cropped_run, "test")  # the config's own (uncropped)
+    predictor = Predictor(load_network(cropped_run.ckpt))
+    decoded = torch.stack([predictor.decode(Path(p)) for p in paths])
+    expected = torch.stack([load_image(p, resize=64, crop=32, size=32) for p in paths])
+    assert torch.equal(decoded, expected) and not torch.equal(decoded, images)
+    preds = decide(predictor.probs(decoded), predictor.threshold)
+    # eval without data.crop_fraction on its command line: the checkpoint's crop still applies
+    overrides = [f"ckpt_path={cropped_run.ckpt}", *BINARY, "trainer=cpu", "data.num_workers=0",
+                 "verbose=false", "explain=false"]  # fmt: skip
+    results = run_eval(compose_cfg(overrides, tmp_path, cropped_run.data_dir, "eval"))
+    assert results["preprocess"]["crop"] == 32 and results["norm"] is False
+    assert results["confusion_matrix"] == multiclass_confusion_matrix(preds, labels, 2).tolist()

@@ -19,10 +19,15 @@ from fruitnet.module import ClassifierModule
 TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 
 
-def test_ddp_two_cpu_processes_write_one_result_and_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    ("model", "arch"),
+    [("cnn", None), pytest.param("torchvision", "shufflenet_v2_x0_5", marks=pytest.mark.slow)],
+)
+def test_ddp_two_cpu_processes_write_one_result_and_a_loadable_checkpoint(model, arch, tmp_path):
     run, data = tmp_path / "run", tmp_path / "data"  # fresh data: rank 0 generates it
+    chosen = [f"model={model}", *([f"model.arch={arch}", "model.pretrained=false"] if arch else [])]
     proc = cli(
-        "-m", "fruitnet.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "-m", "fruitnet.train", *chosen, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         "trainer.max_epochs=1", "data=synthetic", *(f"data.{k}={v}" for k, v in TINY_DATA.items()),
         "data.batch_size=8", "data.num_workers=0", "callbacks.model_size.latency=false",
         "callbacks.progress_bar=null", "callbacks.model_summary=null",
@@ -43,7 +48,7 @@ def test_ddp_two_cpu_processes_write_one_result_and_a_loadable_checkpoint(tmp_pa
 
     ckpt = results["best_ckpt"]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["hyper_parameters"]["model_name"] == "cnn"
+    assert state["hyper_parameters"]["model_name"] == model
     assert not any(k.startswith("module.") for k in state["state_dict"])
     module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu")
     module.eval()

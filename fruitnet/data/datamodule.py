@@ -79,6 +79,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         layout: str = "auto",
         norm: bool = False,
         image_size: int | None = None,
+        crop_fraction: float = 1.0,
         batch_size: int = 128,
         num_workers: int | str = "auto",
         pin_memory: bool | str = "auto",
@@ -113,6 +114,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.layout_arg = str(layout)
         self.norm = bool(norm)
         self.image_size = None if image_size in (None, "auto") else int(image_size)
+        self.crop_fraction = crop_fraction  # < 1: keep the centre only (transforms.preprocess_spec)
         self.batch_size = int(batch_size)
         self.num_workers = loader_workers(num_workers)
         self.pin_memory = _auto_bool(pin_memory, torch.cuda.is_available())
@@ -177,7 +179,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if size is None and not self.model_preprocess:
             size = auto_image_size([p for p, _ in train], seed=self.seed)
         # A torchvision/timm model's own pipeline (`fruitnet.models.preprocess_for`) wins.
-        spec = dict(self.model_preprocess or preprocess_spec(self.norm, size))
+        spec = dict(self.model_preprocess or preprocess_spec(self.norm, size, self.crop_fraction))
         self.input_size = spec["size"]
         decode = functools.partial(load_image, **image_spec(spec))
         self.train_set, self.val_set, self.test_set = (

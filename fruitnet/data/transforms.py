@@ -22,6 +22,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BatchTransform",
+    "check_crop_fraction",
     "preprocess_spec",
 ]
 
@@ -31,13 +32,17 @@ __all__ = [
 AUGMENTS = ("none", "basic", "crop_erase")
 
 
-def preprocess_spec(norm: bool, image_size: int | None = None) -> dict:
+def preprocess_spec(norm: bool, image_size: int | None = None, crop_fraction: float = 1.0) -> dict:
     """The preprocessing dict stored in checkpoints (see docs/ARCHITECTURE.md).
 
     ``norm=True``: the ProxylessNAS/ImageNet eval pipeline: shorter side 256, center crop 224,
-    ImageNet mean/std. ``norm=False``: squash to ``image_size x image_size``, values /255 only.
+    ImageNet mean/std. ``norm=False``: squash to ``image_size x image_size``, values /255 only;
+    with ``crop_fraction`` < 1 the shorter side goes to ``image_size / crop_fraction`` and the
+    centre ``image_size`` square is kept (the norm=true geometry at another size), so a film's
+    border and corner markers are cut off the same way in training, eval, predict and export.
     ``crop`` None means ``resize`` is a square side (see `fruitnet.data.io.resize_crop`).
     """
+    fraction = check_crop_fraction(crop_fraction, norm)
     if norm:
         return {
             "resize": 256,
@@ -49,7 +54,24 @@ def preprocess_spec(norm: bool, image_size: int | None = None) -> dict:
     if image_size is None or int(image_size) < 1:
         raise ValueError(f"norm=false needs a positive image_size, got {image_size!r}")
     size = int(image_size)
-    return {"resize": size, "crop": None, "size": size, "mean": [0.0] * 3, "std": [1.0] * 3}
+    if fraction < 1.0:
+        resize, crop = round(size / fraction), size
+    else:
+        resize, crop = size, None
+    return {"resize": resize, "crop": crop, "size": size, "mean": [0.0] * 3, "std": [1.0] * 3}
+
+
+def check_crop_fraction(crop_fraction: float | None, norm: bool) -> float:
+    """``data.crop_fraction`` as a float in (0, 1]; norm=true keeps its own 256/224 crop."""
+    fraction = 1.0 if crop_fraction is None else float(crop_fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    if norm and fraction < 1.0:
+        raise ValueError(
+            f"data.crop_fraction={crop_fraction} needs norm=false: norm=true has its own "
+            "centre crop (shorter side 256, crop 224)"
+        )
+    return fraction
 
 
 def image_spec(spec: dict) -> dict:

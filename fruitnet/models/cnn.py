@@ -12,6 +12,9 @@ from fruitnet.models.registry import register_model
 CHANNELS = (3, 16, 32, 64, 128)
 HIDDEN = 625
 MIN_INPUT_SIZE = 16  # four 2x2 pools need at least 16 px to leave a 1x1 map
+# flatten: the study's head, one weight per position (it can learn "a marker in that corner");
+# avg: global average pooling first, position-free and 128 wide whatever the input size
+HEADS = ("flatten", "avg")
 
 
 def feature_side(input_size: int) -> int:
@@ -36,18 +39,31 @@ class BasicCNN(nn.Module):
     Flatten, Linear(flat, 625), ReLU, Dropout, Linear(625, num_classes).
 
     The flattened width depends on ``input_size``, so the parameter count does too
-    (3,060,071 at 100x100 with 131 classes).
+    (3,060,071 at 100x100 with 131 classes). ``head="avg"`` puts a global average pool before
+    the flatten (module ``classifier.pool``): fc1 then reads 128 features at any input size
+    (260,071 parameters with 131 classes), and no weight is tied to a place in the image.
     """
 
-    def __init__(self, *, num_classes: int, input_size: int = 100, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_size: int = 100,
+        dropout: float = 0.5,
+        head: str = "flatten",
+    ) -> None:
         super().__init__()
         if input_size < MIN_INPUT_SIZE:
             raise ValueError(f"cnn needs input_size >= {MIN_INPUT_SIZE}, got {input_size}")
+        if head not in HEADS:
+            raise ValueError(f"cnn head must be one of {HEADS}, got {head!r}")
         self.input_size = input_size
         self.features = nn.Sequential(OrderedDict(_conv_stages()))
-        flat = CHANNELS[-1] * feature_side(input_size) ** 2
+        pool = {"pool": nn.AdaptiveAvgPool2d(1)} if head == "avg" else {}
+        flat = CHANNELS[-1] * (1 if pool else feature_side(input_size) ** 2)
         self.classifier = nn.Sequential(
             OrderedDict(
+                **pool,
                 flatten=nn.Flatten(),
                 fc1=nn.Linear(flat, HIDDEN),
                 relu=nn.ReLU(inplace=True),

@@ -178,6 +178,36 @@ def test_cnn_layout_and_init():
         create_model("cnn", num_classes=2, input_size=15)
 
 
+def test_cnn_default_head_is_the_studys_flatten_head():
+    default = create_model("cnn", num_classes=131, input_size=100)
+    flatten = create_model("cnn", num_classes=131, input_size=100, head="flatten")
+    assert list(default.classifier._modules) == ["flatten", "fc1", "relu", "dropout", "fc2"]
+    assert default.state_dict().keys() == flatten.state_dict().keys()
+    assert n_params(flatten) == n_params(default) == 3_060_071
+
+
+def test_cnn_avg_head_pools_before_fc1_at_any_input_size():
+    torch.manual_seed(0)
+    small = create_model("cnn", num_classes=131, input_size=100, head="avg")
+    big = create_model("cnn", num_classes=131, input_size=224, head="avg")
+    assert list(small.classifier._modules)[:2] == ["pool", "flatten"]
+    assert small.classifier.fc1.in_features == big.classifier.fc1.in_features == 128
+    # 4 convs + fc1 (128 -> 625) + fc2 (625 -> 131): no weight depends on the input size
+    assert n_params(small) == n_params(big) == 97_440 + (128 * 625 + 625) + (625 * 131 + 131)
+    # Same keys as the study's head (the pool has no weights): loads across input sizes
+    assert small.state_dict().keys() == create_model("cnn", num_classes=131).state_dict().keys()
+    big.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 100, 100)
+    small.eval(), big.eval()
+    with torch.no_grad():
+        assert torch.equal(small(x), big(x))
+        # Position-free: the logits are a function of the spatial mean of the features alone
+        pooled = small.classifier.pool(small.features(x)).flatten(1)
+        assert torch.allclose(small.classifier[2:](pooled), small(x))
+    with pytest.raises(ValueError, match="head"):
+        create_model("cnn", num_classes=2, head="max")
+
+
 def test_cnn_computes_the_study_order_conv_relu_pool():
     model = create_model("cnn", num_classes=7).eval()
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]

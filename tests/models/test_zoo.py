@@ -197,6 +197,16 @@ def test_the_real_train_entry_with_a_torchvision_model(tmp_path, data_dir):
         create_model("torchvision", num_classes=10, arch="mobilenet_v3_small"))[0]  # fmt: skip
     net = load_network(results["last_ckpt"])
     assert net.hparams["model_kwargs"]["arch"] == "mobilenet_v3_small"
+    # a second epoch resumes the run from its checkpoint: same arch, the count goes on
+    resumed = train(
+        ["model=torchvision", "model.arch=mobilenet_v3_small", "model.pretrained=auto",
+         "data.image_size=64", "data.train_per_class=4", "data.test_per_class=2",
+         "data.batch_size=8", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+         "trainer.limit_val_batches=1", "data.cache=false", f"ckpt_path={results['last_ckpt']}"],
+        tmp_path / "resumed", data_dir,
+    )  # fmt: skip
+    assert resumed["epochs"] == 2 and resumed["arch"] == "mobilenet_v3_small"
+    assert resumed["resumed_from"] == results["last_ckpt"]
 
 
 def test_norm_true_decodes_with_the_model_s_own_pipeline(tmp_path, data_dir):
@@ -308,3 +318,12 @@ def test_the_readme_table_is_what_the_command_prints():
     name = "torchvision/shufflenet_v2_x0_5"
     row = next(line for line in readme.splitlines() if line.startswith(f"| {name} |"))
     assert row == zoo_row(name, 131)
+
+
+def test_crop_fraction_is_refused_where_the_model_brings_its_own_pipeline(tmp_path):
+    from fruitnet.assemble import build_datamodule
+
+    cfg = compose_cfg(["model=torchvision", "model.arch=mobilenet_v3_small", "norm=true",
+                       "data.crop_fraction=0.8"], tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"data\.crop_fraction .* model=torchvision"):
+        build_datamodule(cfg.data, cfg=cfg)
