@@ -59,7 +59,7 @@ bench: $(STAMP) ## speed benchmark against the plain PyTorch loop -> bench/RESUL
 bench-recipes: $(STAMP) ## study recipes vs best_* at equal wall-clock, sample sets -> bench/RECIPES.md
 	$(PY) bench/recipes.py $(ARGS)
 
-bench-search: $(STAMP) ## two latency-target searches + retrains on fruits-360-small, this CPU -> bench/SEARCH.md
+bench-search: $(STAMP) ## one multi-target search per dataset vs 8 references, 3 seeds, ORT latency -> bench/SEARCH.md
 	$(PY) bench/search.py $(ARGS)
 
 # One run folder for both steps of search-retrain (expanded once)

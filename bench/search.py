@@ -1,31 +1,29 @@
-"""Architecture-search benchmark: two `fruitnet.search` runs at two latency targets on this CPU,
-each found net retrained with one recipe and compared with the basic CNN and ProxylessNAS-GPU
-(random init) -> bench/SEARCH.md.
+"""Architecture-search benchmark (issue 21): per dataset ONE `fruitnet.search` with several
+latency targets (one supernet, one net per target), every searched net and every reference
+retrained with one recipe and budget over several seeds, and all of them timed where a net runs
+(ONNX Runtime, as exported) and in eager torch -> bench/SEARCH.md and a front plot per dataset.
 
-    python bench/search.py                     # make bench-search
+    python bench/search.py                       # make bench-search: both datasets -> bench/SEARCH.md
+    python bench/search.py --only chest          # one dataset -> logs/bench_search/<time>/SEARCH.md
     python bench/search.py --quick --out logs/SEARCH-quick.md
 
-Steps, each command in its own process (printed in the report, paths as placeholders):
-1. the latency table of the search space on this machine (the same cached table the searches
-   use) gives the fastest and slowest net in the space; the two targets are fixed fractions of
-   that range (--fractions), so they are reachable by construction;
-2. `python -m fruitnet.search` at each target (held-out split carved from Training/; Test/ unused);
-3. `python -m fruitnet.train` with one recipe for the basic CNN, ProxylessNAS-GPU (random init)
-   and both found nets (`model=proxyless model.arch=<run>/arch.json`);
-4. batch-1 latency of the four trained nets, measured here: the median of 50 runs, best of
-   interleaved rounds (the statistic of the latency table).
-Nothing is asserted: the report says PASS/MISS for each goal. The commands are in
-bench/cases/search.yaml, the report's prose in bench/templates/search/.
+Per dataset, each command in its own process (printed in the report, paths as placeholders):
+1. the search space's latency range in ONNX Runtime on this CPU (the cached, calibrated table the
+   search then reads) and the basic CNN's latency place the targets (--targets of them, spread
+   over the range, one at or under the CNN's latency when the space reaches under it);
+2. `python -m fruitnet.search search.targets=[...]` under a time cap (held-out split from the
+   training split for the architecture steps and the choice of each net; the test split unused);
+3. `python -m fruitnet.train` for every searched net and every reference (random init), one
+   recipe and budget, --seeds seeds each;
+4. batch-1 fp32 latency of every trained net in ORT and in eager torch, interleaved rounds.
+Nothing is asserted: the report says PASS/MISS for each goal (bench/benchlib/search_goals.py).
+The commands are in bench/cases/search.yaml, the report's prose in bench/templates/search/.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,185 +33,129 @@ import torch
 # The bench's code (benchlib) lives beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.common import REPO, find_dataset, load_cases, run_logged  # noqa: E402
-from benchlib.search_md import render, shown_command  # noqa: E402
+from benchlib import search_runs as sr  # noqa: E402
+from benchlib.common import REPO, find_dataset, load_cases  # noqa: E402
+from benchlib.search_goals import spread  # noqa: E402
+from benchlib.search_md import front_figure, render  # noqa: E402
 
 from fruitnet.files import write_text  # noqa: E402
-from fruitnet.models import create_model  # noqa: E402
-from fruitnet.models.profile import count_params, flops, fp32_mib, latency_ms  # noqa: E402
+from fruitnet.plots import save_figure  # noqa: E402
 
 CASES = load_cases("search")
-INPUT_SIZE = 100
+NAMES = [d["name"] for d in CASES["datasets"]]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--data", default=None, help="the fruits-360-small folder (default: shared data)"
-    )
-    p.add_argument("--out", default=str(REPO / "bench" / "SEARCH.md"))
+    p.add_argument("--fruits", default=None, help="the fruits-360-small folder (default: shared)")
+    p.add_argument("--chest", default=None, help="the chest_xray-small folder (default: shared)")
+    p.add_argument("--only", choices=NAMES, action="append", help="these datasets only")
+    p.add_argument("--out", default=None, help="the report (default bench/SEARCH.md; with "
+                   "--only or --quick <work>/SEARCH.md: a partial run never replaces it)")  # fmt: skip
     p.add_argument("--work", default=None, help="run folder (default logs/bench_search/<time>)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script only")
-    p.add_argument(
-        "--fractions", default="0.25,0.65", help="targets as fractions of the space's range"
-    )
-    p.add_argument("--search-epochs", type=int, default=22)
+    p.add_argument("--seeds", type=int, default=3, help="retrains per net (--quick: 1)")
+    p.add_argument("--targets", type=int, default=4, help="latency targets per search")
+    p.add_argument("--search-epochs", type=int, default=30)
     p.add_argument("--warmup-epochs", type=int, default=3)
-    p.add_argument("--search-minutes", type=float, default=10.0, help="trainer.max_time per search")
-    p.add_argument("--retrain-epochs", type=int, default=10)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--latency-loss", default="abs")
-    p.add_argument("--latency-lambda", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all)")
     p.add_argument(
-        "--cache-dir", default=None, help="paths.cache_dir (latency table, decoded images)"
+        "--search-minutes", type=float, default=25.0, help="trainer.max_time of a search"
     )
-    p.add_argument("--rounds", type=int, default=3, help="latency rounds over the four nets")
-    args = p.parse_args()
-    args.dataset = CASES["dataset"]
-    args.data = str(find_dataset(args.dataset, args.data, splits=("Training", "Test")))
+    p.add_argument("--retrain-epochs", type=int, default=8)
+    p.add_argument(
+        "--retrain-minutes", type=float, default=5.0, help="trainer.max_time per retrain"
+    )
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all)")
+    p.add_argument("--cache-dir", default=None, help="paths.cache_dir (latency table, images)")
+    p.add_argument("--rounds", type=int, default=3, help="latency rounds over all nets")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs per net and round")
+    args = p.parse_args(argv)
     if args.quick:
-        args.search_epochs, args.warmup_epochs, args.retrain_epochs = 2, 1, 1
+        args.seeds, args.search_epochs, args.warmup_epochs, args.retrain_epochs = 1, 2, 1, 1
+        args.rounds, args.repeats, args.targets = 1, 10, min(args.targets, 2)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     args.work = Path(args.work or REPO / "logs" / "bench_search" / stamp).resolve()
     args.cache_dir = Path(args.cache_dir or args.work / "cache").resolve()
+    partial = args.quick or (args.only and set(args.only) != set(NAMES))
+    args.out = args.out or (args.work / "SEARCH.md" if partial else REPO / "bench" / "SEARCH.md")
+    args.datasets = [d for d in CASES["datasets"] if not args.only or d["name"] in args.only]
+    for d in args.datasets:
+        given = getattr(args, d["name"])
+        d["path"] = str(find_dataset(d["folder"], given, splits=d["splits"]))
     return args
 
 
-class Runner:
-    """Runs the commands of this benchmark, each in its own process, and keeps them (as the
-    report shows them) in order."""
-
-    def __init__(self, args) -> None:
-        self.args, self.work = args, args.work
-        self.env = dict(os.environ)
-        if args.threads:
-            self.env["OMP_NUM_THREADS"] = str(args.threads)
-        self.commands: list[str] = []
-        values = {
-            "data": args.data, "batch": args.batch, "cache_dir": args.cache_dir,
-            "search_epochs": args.search_epochs, "search_minutes": int(args.search_minutes),
-            "warmup": args.warmup_epochs, "latency_loss": args.latency_loss,
-            "latency_lambda": args.latency_lambda, "retrain_epochs": args.retrain_epochs,
-        }  # fmt: skip
-        lists = ("common", "quick", "search", "latency_loss", "recipe")
-        self.filled = {k: [x.format(**values) for x in CASES[k]] for k in lists}
-        self.common = self.filled["common"] + (self.filled["quick"] if args.quick else [])
-
-    def __call__(self, module: str, overrides: list[str], run_dir: Path) -> tuple[dict, float]:
-        """`python -m <module> <common> <overrides> hydra.run.dir=<run_dir>`: its results.json
-        and wall seconds."""
-        cmd = [sys.executable, "-m", module, *self.common, *overrides, f"hydra.run.dir={run_dir}"]
-        self.commands.append(shown_command(cmd[1:], self.work, self.args.data, self.args.cache_dir))
-        print("+", shlex.join(cmd), flush=True)
-        log_file = run_dir.with_name(f"{run_dir.name}.log")
-        code, wall = run_logged(cmd, log_file, self.env)
-        if code != 0:
-            tail = log_file.read_text()[-4000:]
-            raise SystemExit(f"command failed ({code}): {shlex.join(cmd)}\n{tail}")
-        return json.loads((run_dir / "results.json").read_text()), wall
+def references(args) -> list[dict]:
+    return CASES["references"][: 2 if args.quick else None]
 
 
-def num_classes(args) -> int:
-    return sum(1 for p in (Path(args.data) / "Training").iterdir() if p.is_dir())
-
-
-def latency_targets(args) -> tuple[list[float], tuple[float, float]]:
-    """The space's latency range on this machine (the cached, calibrated table the searches
-    use) and the two targets at --fractions of it."""
-    from omegaconf import OmegaConf
-
-    from fruitnet.search.latency import build_latency_table, calibrate
-    from fruitnet.search.supernet import SearchSpace, SuperNet
-
-    space_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "search" / "default.yaml"))
-    space = SearchSpace.from_config(space_cfg)
-    probe = SuperNet(space, num_classes=num_classes(args), input_size=INPUT_SIZE)
-    cpu, cache = torch.device("cpu"), args.cache_dir / "latency"
-    # the runtime the searches time in (conf/search/default.yaml `runtime`), or their targets
-    # would be read against another runtime's table
-    runtime = str(space_cfg.get("runtime", "torch"))
-    table = build_latency_table(probe, device=cpu, batch=1, cache_dir=cache, runtime=runtime)
-    # calibrated on whole nets, as each search does (conf/search/default.yaml latency_calibrate)
-    table = calibrate(table, probe, device=cpu, cache_dir=cache)
-    lo, hi = table.min_ms(), table.max_ms()
-    targets = [round(lo + float(f) * (hi - lo), 2) for f in args.fractions.split(",")]
-    print(f"space latency {lo:.3f} .. {hi:.3f} ms -> targets {targets}", flush=True)
-    return targets, (lo, hi)
-
-
-def run_searches(args, run: Runner, targets: list[float]) -> list[dict]:
-    searches = []
-    for target in targets:
-        run_dir = args.work / f"search_{target:g}ms"
-        overrides = [
-            *run.filled["search"],
-            f"search.target_latency_ms={target}",
-            *run.filled["latency_loss"],
-        ]
-        res, wall = run("fruitnet.search", overrides, run_dir)
-        res["wall_s"] = wall
-        searches.append(res)
-        png = run_dir / "edge_probs.png"
-        if png.is_file() and not args.quick:
-            shutil.copy(png, REPO / "bench" / f"search_edge_probs_{target:g}ms.png")
-    return searches
-
-
-def retrain(args, run: Runner, searches: list[dict]) -> list[dict]:
-    """The two reference nets and the found ones, with one recipe."""
-    nets = [(n["label"], n["overrides"], None, None) for n in CASES["nets"]]
-    for res in searches:
-        arch = res["arch_path"]
-        label = f"searched, target {res['target_latency_ms']:g} ms"
-        nets.append((label, [*CASES["searched"], f"model.arch={arch}"], arch, res))
+def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
+    """One dataset: the search, the retrains, the measurements; its rows for the report."""
+    data, size, name = ds["path"], int(ds["size"]), ds["name"]
+    places = {args.work: "<run>", data: f"<{ds['folder']}>"}
+    if not args.cache_dir.is_relative_to(args.work):
+        places[args.cache_dir] = "<cache>"
+    common = [*ds["overrides"], *run.filled("common", data)]
+    common += CASES["quick"] if args.quick else []
+    classes = sum(1 for p in (Path(data) / ds["splits"][0]).iterdir() if p.is_dir())
+    lo, hi = sr.space_range(classes, size, args.cache_dir)
+    cnn_ms = sr.cnn_latency(classes, size, rounds=args.rounds, repeats=args.repeats)
+    targets = sr.place_targets(lo, hi, args.targets, cnn_ms)
+    print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, basic CNN {cnn_ms:.3f} ms -> "
+          f"targets {targets}", flush=True)  # fmt: skip
+    search_args = [*common, *run.filled("search", data)]
+    search_args += CASES["quick_search"] if args.quick else []
+    search_args.append(f"search.targets=[{','.join(f'{t:g}' for t in targets)}]")
+    search = run("fruitnet.search", search_args, args.work / f"{name}_search", places)
+    nets = [
+        {"label": f"searched {p['target_ms']:g} ms", "searched": True, "target_ms": p["target_ms"],
+         "overrides": [*CASES["searched"], f"model.arch={p['arch_path']}"], "pick": p}
+        for p in (search.get("front") or []) if search.get("searched")
+    ]  # fmt: skip
+    nets += [{**r, "searched": False, "target_ms": None} for r in references(args)]
+    for i, net in enumerate(nets):
+        net["runs"] = [
+            run("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
+                args.work / f"{name}_train_{i}_seed{seed}", places)
+            for seed in range(args.seeds)
+        ]  # fmt: skip
+    ckpts = [net["runs"][0]["best_ckpt"] for net in nets]
+    times = sr.measure_latency(ckpts, size, rounds=args.rounds, repeats=args.repeats)
     rows = []
-    for i, (label, model_args, arch, res) in enumerate(nets):
-        out, wall = run(
-            "fruitnet.train", [*model_args, *run.filled["recipe"]], args.work / f"train_{i}"
-        )
-        rows.append({"label": label, "arch": arch, "search": res, "train": out, "train_s": wall})
-    return rows
+    for net, ckpt, t in zip(nets, ckpts, times, strict=True):
+        acc_mean, acc_std = spread([float(r["test_acc"]) for r in net["runs"]])
+        rows.append({
+            "label": net["label"], "searched": net["searched"], "target_ms": net["target_ms"],
+            "acc_mean": acc_mean, "acc_std": acc_std, "seeds": len(net["runs"]), **t,
+            **sr.profile(ckpt, size),
+            "search_ms": (net.get("pick") or {}).get("measured_latency_ms"),
+            "search_min": search["bench_wall_s"] / 60 if net["searched"] else None,
+            "retrain_min": sum(r["bench_wall_s"] for r in net["runs"]) / 60 / len(net["runs"]),
+            "epochs": max(int(r.get("epochs") or 0) for r in net["runs"]),
+        })  # fmt: skip
+    return {"dataset": ds, "classes": classes, "range": (lo, hi), "cnn_ms": cnn_ms,
+            "targets": targets, "search": search, "rows": rows}  # fmt: skip
 
 
-def measure_latency(args, rows: list[dict], classes: int) -> None:
-    """Batch-1 latency of the trained nets on this CPU, interleaved rounds; size figures too."""
-    models = []
-    for row in rows:
-        kwargs = {"arch": json.loads(Path(row["arch"]).read_text())} if row["arch"] else {}
-        model = create_model(
-            row["train"]["model"], num_classes=classes, input_size=INPUT_SIZE, **kwargs
-        ).eval()
-        models.append(model)
-        row["params"] = count_params(model)[0]
-        row["fp32_mib"] = fp32_mib(model)
-        row["flops"] = flops(model, INPUT_SIZE)
-    per_round: list[list[float]] = [[] for _ in models]
-    iters = 10 if args.quick else 50
-    for _ in range(1 if args.quick else args.rounds):
-        for j, model in enumerate(models):
-            per_round[j].append(
-                latency_ms(model, INPUT_SIZE, 1, "cpu", warmup=10, iters=iters, channels_last=True)
-            )
-    for row, times in zip(rows, per_round, strict=True):
-        row["latency_ms"] = min(times)  # best round, as the latency table counts its timings
-
-
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     t_start = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Runner(args)
-    targets, span = latency_targets(args)
-    searches = run_searches(args, run, targets)
-    rows = retrain(args, run, searches)
-    measure_latency(args, rows, num_classes(args))
+    run = sr.Runner(args, CASES)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for ds in args.datasets:
+        res = bench_dataset(args, run, ds)
+        fig = front_figure(res["rows"], ds["folder"])
+        res["png"] = save_figure(fig, out.with_name(f"search_front_{ds['name']}.png")).name
+        results.append(res)
     total_min = (time.perf_counter() - t_start) / 60
-    text = render(args, rows, searches, targets, span, run.commands, total_min, args.work)
-    write_text(args.out, text)
-    print(f"wrote {args.out} ({total_min:.1f} min)")
+    write_text(out, render(args, results, run.commands, total_min))
+    print(f"wrote {out} ({total_min:.1f} min)")
 
 
 if __name__ == "__main__":

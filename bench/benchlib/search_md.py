@@ -1,131 +1,148 @@
-"""bench/SEARCH.md from the searches, the retrained nets and their latencies. The prose is in
-bench/templates/search/."""
+"""bench/SEARCH.md and its front plots from the searches, the retrained nets and their measured
+latencies. The prose is in bench/templates/search/; the goals in benchlib/search_goals.py."""
 
 from __future__ import annotations
 
 import datetime
 import shlex
 import sys
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from benchlib.common import machine, shown_args, shown_value, template
-
-# The search goals of the issue: a found net's measured latency within 20 % of its target and
-# a search shorter than 20 minutes
-WITHIN = 0.2
-SEARCH_MAX_S = 1200
+from benchlib.search_goals import SEARCH_MAX_MIN, WITHIN, goals
+from benchlib.search_runs import RUNTIME
 
 
-def render(args, rows, searches, targets, span, commands, total_min, work) -> str:
+def render(args, results: Sequence[dict[str, Any]], commands: list[str], total_min: float) -> str:
+    here = machine()
+    threads = args.threads or here["threads"]
+    cpu = f"{here['cpu']} ({here['cores']} cores), {threads} torch threads"
     cmd = shlex.join(["python", "bench/search.py", *shown_args(sys.argv[1:])])
-    lines = ["# Architecture search on this CPU", ""]
+    lines = ["# Architecture search against the references on this CPU", ""]
     lines += [f"Command: `{cmd}` (`make bench-search`; total {total_min:.1f} min)", ""]
     if args.quick:
         lines += ["**QUICK RUN: tiny settings, the numbers mean nothing.**", ""]
     intro = template(
-        "search/intro", dataset=args.dataset, low=span[0], high=span[1], fractions=args.fractions,
-        targets=", ".join(f"{t:g} ms" for t in targets), latency_loss=args.latency_loss,
-        latency_lambda=args.latency_lambda, warmup_epochs=args.warmup_epochs,
-        search_epochs=args.search_epochs, retrain_epochs=args.retrain_epochs, batch=args.batch,
-        rounds=args.rounds,
+        "search/intro", runtime=RUNTIME, cpu=cpu, targets=args.targets, seeds=args.seeds,
+        search_epochs=args.search_epochs, search_minutes=args.search_minutes,
+        warmup_epochs=args.warmup_epochs, retrain_epochs=args.retrain_epochs,
+        retrain_minutes=args.retrain_minutes, batch=args.batch, rounds=args.rounds,
+        repeats=args.repeats, within=100 * WITHIN, search_max=SEARCH_MAX_MIN,
     )  # fmt: skip
     lines += [intro, ""]
-    lines += nets_table(rows) + searches_table(rows[2:]) + goals_table(rows[0], rows[2:])
-    lines += ["", template("search/notes"), "", "## Edge probabilities", ""]
-    for s in searches:
-        name = f"search_edge_probs_{s['target_latency_ms']:g}ms.png"
-        lines += [
-            f"Target {s['target_latency_ms']:g} ms:",
-            "",
-            # A run output: written by this command, not tracked in the repository
-            f"`bench/{name}` (written by the command below).",
-            "",
-        ]
-    lines += ["## Commands", "", "Run in this order (each in its own process):", "", "```"]
-    lines += [f"python {c}" for c in commands]
-    where = shown_value(str(work), name="run")
+    summary = []
+    for res in results:
+        part, verdicts = dataset_section(res)
+        lines += part
+        summary += [(res["dataset"]["folder"], g, v) for g, v, _ in verdicts]
+    lines += ["## Goals, all datasets", "", "| dataset | goal | result |", "| --- | --- | --- |"]
+    lines += [f"| {d} | {g} | {v} |" for d, g, v in summary]
+    lines += ["", template("search/notes", runtime=RUNTIME), "", "## Commands", ""]
+    lines += ["Run in this order (each in its own process):", "", "```", *commands, "```"]
+    where = shown_value(str(args.work), name="run")
     folders = f"`{where}`" if where == "<run>" else f"`<run>` = `{where}`"
-    lines += ["```", "", f"Run folders: {folders}.", "", "## Machine", ""]
-    here = machine()
+    lines += ["", f"Run folders: {folders}.", "", "## Machine", ""]
     lines += [
-        f"- CPU: {here['cpu']} ({here['cores']} cores), torch threads "
-        f"{args.threads or here['threads']}",
-        f"- Python {here['python']}, torch {here['torch']}",
+        f"- CPU: {cpu}",
+        f"- Python {here['python']}, torch {here['torch']}, {runtime_version()}",
         f"- date {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "",
     ]
     return "\n".join(lines)
 
 
-def shown_command(cmd: list[str], work: Path, data: str, cache_dir: Path) -> str:
-    """A command as SEARCH.md shows it: `<run>` for the run folder, `<fruits-360-small>` for
-    the data, never a path of this machine."""
-    places = {work: "<run>", data: "<fruits-360-small>"}
-    if not cache_dir.is_relative_to(work):
-        places[cache_dir] = "<cache>"
-    return shlex.join(shown_args(cmd, places))
+def runtime_version() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
-def nets_table(rows) -> list[str]:
-    lines = [
-        "| net | test acc % | latency ms (b1) | params | MiB (fp32) | MFLOPs | search min "
-        "| retrain min |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
+    ds, search, rows = res["dataset"], res["search"], res["rows"]
+    lo, hi = res["range"]
+    lines = [f"## {ds['folder']}", ""]
+    searched = search.get("searched", False)
+    state = (
+        f"{search.get('arch_steps')} architecture steps"
+        if searched
+        else f"**no architecture step ran**, no searched net: {search.get('what_to_change')}"
+    )
+    lines += [
+        f"{res['classes']} classes, {ds['size']} px (`{' '.join(ds['overrides'])}`). Space: "
+        f"{lo:.2f} .. {hi:.2f} ms in {RUNTIME}; basic CNN {res['cnn_ms']:.2f} ms before training; "
+        f"targets {', '.join(f'{t:g}' for t in res['targets'])} ms. One search: "
+        f"{search['bench_wall_s'] / 60:.1f} min ({search.get('epochs')} epochs, {state}; "
+        f"calibration error {fmt(search.get('calibration_error_pct'), '.1f')} %).",
+        "",
+        *nets_table(rows),
+        "",
+        f"![{ds['folder']}: test accuracy against {RUNTIME} latency]({res['png']})",
+        "",
     ]
-    for row in rows:
-        acc = row["train"].get("test_acc")
-        search_min = f"{row['search']['wall_s'] / 60:.1f}" if row["search"] else ""
+    verdicts = goals(rows, {**search, "minutes": search["bench_wall_s"] / 60}, ds["name"])
+    lines += ["| goal | result | detail |", "| --- | --- | --- |"]
+    lines += [f"| {g} | {v} | {d} |" for g, v, d in verdicts]
+    return [*lines, ""], verdicts
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def nets_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        f"| net | target ms | test acc % (mean ± std) | seeds | {RUNTIME} ms | eager torch ms "
+        "| params | MiB (fp32) | MFLOPs | search min | retrain min (per seed) | epochs "
+        f"| {RUNTIME} ms at the search's end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        target = f"{r['target_ms']:g}" if r["target_ms"] is not None else ""
         lines.append(
-            f"| {row['label']} | {100 * acc:.2f} | {row['latency_ms']:.2f} | {row['params']:,} "
-            f"| {row['fp32_mib']:.2f} | {row['flops'] / 1e6:.1f} | {search_min} "
-            f"| {row['train_s'] / 60:.1f} |"
+            f"| {r['label']} | {target} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
+            f"| {r['seeds']} | {r['ort_ms']:.2f} | {r['eager_ms']:.2f} | {r['params']:,} "
+            f"| {r['fp32_mib']:.2f} | {r['flops'] / 1e6:.1f} | {fmt(r['search_min'], '.1f')} "
+            f"| {r['retrain_min']:.1f} | {r['epochs']} | {fmt(r.get('search_ms'), '.2f')} |"
         )
     return lines
 
 
-def searches_table(found) -> list[str]:
-    lines = [
-        "",
-        "## Searches",
-        "",
-        "| target ms | predicted ms (table) | measured ms (search end) | measured ms (above) "
-        "| within 20 % | chosen ops | search min | arch steps |",
-        "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |",
-    ]
-    for row in found:
-        s = row["search"]
-        err = (row["latency_ms"] - s["target_latency_ms"]) / s["target_latency_ms"]
-        ok = "PASS" if abs(err) <= WITHIN else "MISS"
-        lines.append(
-            f"| {s['target_latency_ms']:g} | {s['predicted_latency_ms']:.2f} "
-            f"| {s['measured_latency_ms']:.2f} | {row['latency_ms']:.2f} | {ok} ({100 * err:+.0f} %) "
-            f"| {' '.join(s['chosen'])} | {s['wall_s'] / 60:.1f} | {s['arch_steps']} |"
-        )
-    return [*lines, ""]
-
-
-def goals_table(cnn, found) -> list[str]:
-    goals = []
-    if len(found) == 2:
-        a, b = found
-        different = a["search"]["chosen"] != b["search"]["chosen"]
-        larger = b["params"] > a["params"] and b["latency_ms"] > a["latency_ms"]
-        goals.append(("two different nets", different))
-        goals.append(("the larger target gives the larger net (params and latency)", larger))
-        for r in found:
-            t = r["search"]["target_latency_ms"]
-            within = abs(r["latency_ms"] - t) / t <= WITHIN
-            goals.append((f"target {t:g} ms: measured within 20 %", within))
-            fast = r["search"]["wall_s"] < SEARCH_MAX_S
-            goals.append((f"target {t:g} ms: search under 20 min", fast))
-        cnn_acc = cnn["train"]["test_acc"]
-        beats = [
-            r
-            for r in found
-            if r["train"]["test_acc"] > cnn_acc and r["latency_ms"] <= cnn["latency_ms"]
-        ]
-        goals.append(
-            ("a found net beats the basic CNN's accuracy at equal or lower latency", bool(beats))
-        )
-    lines = ["## Goals", "", "| goal | result |", "| --- | --- |"]
-    return lines + [f"| {g} | {'PASS' if ok else 'MISS'} |" for g, ok in goals]
+def front_figure(rows: Sequence[dict[str, Any]], title: str) -> Figure:
+    """Test accuracy (mean, std bars) against ORT latency: the searched nets as one line, each
+    reference a labelled point."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    found = sorted((r for r in rows if r["searched"]), key=lambda r: r["ort_ms"])
+    if found:
+        ax.errorbar(
+            [r["ort_ms"] for r in found],
+            [100 * r["acc_mean"] for r in found],
+            yerr=[100 * r["acc_std"] for r in found],
+            fmt="o-", color="C0", capsize=3, label="searched (one supernet)",
+        )  # fmt: skip
+    for i, r in enumerate(r for r in rows if not r["searched"]):
+        x, y = r["ort_ms"], 100 * r["acc_mean"]
+        ax.errorbar([x], [y], yerr=[100 * r["acc_std"]], fmt="s", color=f"C{i % 9 + 1}",
+                    capsize=3)  # fmt: skip
+        # staggered, so that references at nearly one latency stay readable
+        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4 + 9 * (i % 3)),
+                    fontsize=7)  # fmt: skip
+    for j, r in enumerate(found):
+        ax.annotate(f"{r['target_ms']:g} ms", (r["ort_ms"], 100 * r["acc_mean"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10 - 8 * (j % 2)), color="C0")  # fmt: skip
+    ax.set_xscale("log")
+    # plain ms on the log axis, not powers of ten
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(f"latency ms ({RUNTIME}, batch 1, fp32, this CPU)")
+    ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+    ax.set_title(f"{title}: searched nets vs references", fontsize=10)
+    ax.grid(alpha=0.3)
+    if found:
+        ax.legend(fontsize=8, loc="best")
+    return fig

@@ -1,0 +1,147 @@
+"""bench/search.py (issue 21): the targets it places across the space, the goals it computes
+(PASS and MISS both reachable), the report a partial run never writes over bench/SEARCH.md, and
+a --quick run end to end (one search with several targets per dataset, the references, the
+table, the front plot, the goals, no machine path)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+
+import pytest
+from helpers import REPO, cli
+
+sys.path.insert(0, str(REPO / "bench"))
+runs = importlib.import_module("benchlib.search_runs")
+search_goals = importlib.import_module("benchlib.search_goals")
+
+
+def test_targets_span_the_space_and_reach_under_the_cnn():
+    lo, hi = 0.3, 3.0
+    targets = runs.place_targets(lo, hi, 4, below=1.0)
+    assert len(targets) == 4 and targets == sorted(targets)
+    assert all(lo <= t <= hi for t in targets)
+    assert targets[-1] > 2.0  # reaches the top of the range, not bunched at the bottom
+    assert any(t <= 1.0 for t in targets)
+    # The space's geometric spread misses the CNN's 0.33 ms: the lowest target moves under it
+    moved = runs.place_targets(0.3, 3.0, 3, below=0.33)
+    assert moved[0] <= 0.33 and moved[0] >= 0.3
+    # A space that starts above the CNN: nothing can sit under it, nothing is forced there
+    above = runs.place_targets(2.0, 4.0, 3, below=1.0)
+    assert min(above) >= 2.0
+    with pytest.raises(ValueError):
+        runs.place_targets(2.0, 1.0, 3, below=None)
+
+
+def test_duration_is_a_trainer_max_time():
+    assert runs.duration(25) == "00:00:25:00"
+    assert runs.duration(90.5) == "00:01:30:30"
+
+
+def _row(label, acc, std, ms, target=None):
+    return {"label": label, "searched": target is not None, "target_ms": target,
+            "acc_mean": acc, "acc_std": std, "ort_ms": ms}  # fmt: skip
+
+
+def _verdicts(rows, dataset="fruits", minutes=20.0, searched=True):
+    out = search_goals.goals(rows, {"searched": searched, "minutes": minutes}, dataset)
+    return {g.split(" ", 1)[0] + (" " + g if g.startswith("(2) ") else ""): v for g, v, _ in out}
+
+
+def test_goals_pass_when_the_front_dominates():
+    rows = [
+        _row("searched 1 ms", 0.95, 0.005, 0.98, target=1.0),
+        _row("searched 3 ms", 0.97, 0.005, 2.9, target=3.0),
+        _row("basic CNN", 0.92, 0.01, 1.04),
+        _row("MobileNetV3-Large", 0.96, 0.01, 3.1),
+    ]
+    out = search_goals.goals(rows, {"searched": True, "minutes": 20.0}, "fruits")
+    assert [v for _, v, _ in out] == ["PASS"] * len(out)
+    assert len(out) == 1 + 1 + 2 + 1 + 1  # (1), (2) overall, (2) per reference, (3), (4)
+
+
+def test_goals_miss_on_spread_latency_and_time():
+    rows = [
+        # more accurate on the mean, but the seeds' spreads overlap: not beyond the spread
+        _row("searched 1 ms", 0.93, 0.01, 1.0, target=1.0),
+        # 20 % over its target
+        _row("searched 3 ms", 0.95, 0.0, 3.6, target=3.0),
+        _row("basic CNN", 0.92, 0.01, 1.04),
+        # faster than every searched net: no searched net at or under its latency
+        _row("ShuffleNetV2 x0.5", 0.90, 0.0, 0.5),
+    ]
+    out = {g: v for g, v, _ in search_goals.goals(rows, {"minutes": 31.0}, "fruits")}
+    goal1 = next(g for g in out if g.startswith("(1)"))
+    assert out[goal1] == "MISS"
+    assert out["(2) basic CNN (1.04 ms)"] == "PASS"
+    assert out["(2) ShuffleNetV2 x0.5 (0.50 ms)"] == "MISS"
+    assert out[next(g for g in out if g.startswith("(2) at each"))] == "MISS"
+    assert out[next(g for g in out if g.startswith("(3)"))] == "MISS"
+    assert out[next(g for g in out if g.startswith("(4)"))] == "MISS"
+    # goal (4) is about fruits-360-small only
+    chest = search_goals.goals(rows, {"minutes": 31.0}, "chest")
+    assert not any(g.startswith("(4)") for g, _, _ in chest)
+
+
+def test_a_search_without_architecture_steps_misses_everything():
+    rows = [_row("basic CNN", 0.92, 0.01, 1.04)]
+    out = search_goals.goals(rows, {"searched": False, "minutes": 5.0, "what_ran": "x"}, "fruits")
+    assert out[0][:2] == ("the search made architecture steps", "MISS")
+    assert "PASS" not in [v for _, v, _ in out]
+
+
+def test_a_partial_run_never_writes_bench_search_md(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # a folder with the chest set's splits stands in for the data: nothing is run
+    args = ["--only", "chest", "--work", str(tmp_path), "--chest", str(tmp_path)]
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    parsed = bench.parse_args(args)
+    assert parsed.out == tmp_path / "SEARCH.md"
+    assert [d["name"] for d in parsed.datasets] == ["chest"]
+    quick = bench.parse_args([*args, "--quick"])
+    assert quick.seeds == 1 and quick.out == tmp_path / "SEARCH.md"
+
+
+@pytest.mark.slow  # a whole benchmark in subprocesses: about 2 min on a 2-core CPU
+def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
+    out = tmp_path / "SEARCH.md"
+    proc = cli(
+        "bench/search.py",
+        "--quick",
+        "--threads=1",  # a shared 2-core CI box: 2 OpenMP threads contend with each other
+        f"--out={out}",
+        f"--work={tmp_path / 'run'}",
+        f"--fruits={shared_data / 'fruits-360-small'}",
+        f"--chest={shared_data / 'chest_xray-small'}",
+        cwd=REPO,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "QUICK RUN" in text
+    for folder, name in [("fruits-360-small", "fruits"), ("chest_xray-small", "chest")]:
+        assert f"## {folder}" in text
+        assert (tmp_path / f"search_front_{name}.png").stat().st_size > 10_000
+        assert f"](search_front_{name}.png)" in text
+        section = text.split(f"## {folder}")[1].split("\n## ")[0]
+        rows = [ln for ln in section.splitlines() if re.match(r"\| (searched|basic|Proxy)", ln)]
+        searched = [r for r in rows if r.startswith("| searched")]
+        # one search, two targets (--quick), each retrained; the two --quick references
+        assert len(searched) == 2 and len(rows) == 4, section
+        for r in rows:
+            cells = [c.strip() for c in r.strip("|").split("|")]
+            acc, ort_ms, eager_ms = cells[2], float(cells[4]), float(cells[5])
+            assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", acc)
+            assert ort_ms > 0 and eager_ms > 0
+        for goal in ("(1)", "(2) at each", "(3)"):
+            assert re.search(rf"\| {re.escape(goal)}[^|]*\| (PASS|MISS) \|", section), goal
+    assert re.search(r"\| fruits-360-small \| \(4\)[^|]*\| (PASS|MISS) \|", text)
+    assert text.count("python -m fruitnet.search ") == 2  # ONE search per dataset
+    assert "search.targets=[" in text
+    for root in (str(tmp_path), "/work/", "/tmp/", "/home/"):
+        assert root not in text
