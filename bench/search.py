@@ -9,12 +9,12 @@ retrained with one recipe and budget over several seeds, and all of them timed w
 
 Per dataset, each command in its own process (printed in the report, paths as placeholders):
 1. the search space's latency range in ONNX Runtime on this CPU (the cached, calibrated table the
-   search then reads) and the basic CNN's latency place the targets (--targets of them, spread
-   over the range, one at or under the CNN's latency when the space reaches under it);
+   search then reads) and every reference's latency place the targets (at most --targets: just
+   under each reference, the top of the space for references above it, one under them all);
 2. `python -m fruitnet.search search.targets=[...]` under a time cap (held-out split from the
    training split for the architecture steps and the choice of each net; the test split unused);
 3. `python -m fruitnet.train` for every searched net and every reference (random init), one
-   recipe and budget, --seeds seeds each;
+   recipe and budget, --seeds seeds each, --jobs at a time;
 4. batch-1 fp32 latency of every trained net in ORT and in eager torch, interleaved rounds.
 Nothing is asserted: the report says PASS/MISS for each goal (bench/benchlib/search_goals.py).
 The commands are in bench/cases/search.yaml, the report's prose in bench/templates/search/.
@@ -55,18 +55,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="run folder (default logs/bench_search/<time>)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script only")
     p.add_argument("--seeds", type=int, default=3, help="retrains per net (--quick: 1)")
-    p.add_argument("--targets", type=int, default=4, help="latency targets per search")
-    p.add_argument("--search-epochs", type=int, default=30)
+    p.add_argument("--targets", type=int, default=5, help="latency targets per search (at most)")
+    p.add_argument("--search-epochs", type=int, default=60)
     p.add_argument("--warmup-epochs", type=int, default=3)
     p.add_argument(
-        "--search-minutes", type=float, default=25.0, help="trainer.max_time of a search"
+        "--search-minutes", type=float, default=15.0, help="trainer.max_time of a search"
     )
-    p.add_argument("--retrain-epochs", type=int, default=8)
+    p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of every retrain "
+                   "(default: the dataset's retrain_epochs in bench/cases/search.yaml)")  # fmt: skip
     p.add_argument(
-        "--retrain-minutes", type=float, default=5.0, help="trainer.max_time per retrain"
+        "--retrain-minutes", type=float, default=6.0, help="trainer.max_time per retrain"
     )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all)")
+    p.add_argument("--jobs", type=int, default=2, help="retrains at a time, each with its share "
+                   "of the threads (the search and the timings run alone)")  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="paths.cache_dir (latency table, images)")
     p.add_argument("--rounds", type=int, default=3, help="latency rounds over all nets")
     p.add_argument("--repeats", type=int, default=100, help="timed runs per net and round")
@@ -81,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or (args.work / "SEARCH.md" if partial else REPO / "bench" / "SEARCH.md")
     args.datasets = [d for d in CASES["datasets"] if not args.only or d["name"] in args.only]
     for d in args.datasets:
+        d["retrain_epochs"] = args.retrain_epochs or int(d["retrain_epochs"])
         given = getattr(args, d["name"])
         d["path"] = str(find_dataset(d["folder"], given, splits=d["splits"]))
     return args
@@ -93,6 +97,7 @@ def references(args) -> list[dict]:
 def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
     """One dataset: the search, the retrains, the measurements; its rows for the report."""
     data, size, name = ds["path"], int(ds["size"]), ds["name"]
+    run.retrain_epochs = ds["retrain_epochs"]
     places = {args.work: "<run>", data: f"<{ds['folder']}>"}
     if not args.cache_dir.is_relative_to(args.work):
         places[args.cache_dir] = "<cache>"
@@ -100,9 +105,10 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
     common += CASES["quick"] if args.quick else []
     classes = sum(1 for p in (Path(data) / ds["splits"][0]).iterdir() if p.is_dir())
     lo, hi = sr.space_range(classes, size, args.cache_dir)
-    cnn_ms = sr.cnn_latency(classes, size, rounds=args.rounds, repeats=args.repeats)
-    targets = sr.place_targets(lo, hi, args.targets, cnn_ms)
-    print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, basic CNN {cnn_ms:.3f} ms -> "
+    refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
+                                     repeats=args.repeats)  # fmt: skip
+    targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
+    print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
           f"targets {targets}", flush=True)  # fmt: skip
     search_args = [*common, *run.filled("search", data)]
     search_args += CASES["quick_search"] if args.quick else []
@@ -114,12 +120,14 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
         for p in (search.get("front") or []) if search.get("searched")
     ]  # fmt: skip
     nets += [{**r, "searched": False, "target_ms": None} for r in references(args)]
-    for i, net in enumerate(nets):
-        net["runs"] = [
-            run("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
-                args.work / f"{name}_train_{i}_seed{seed}", places)
-            for seed in range(args.seeds)
-        ]  # fmt: skip
+    jobs = [
+        ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
+         args.work / f"{name}_train_{i}_seed{seed}")
+        for i, net in enumerate(nets) for seed in range(args.seeds)
+    ]  # fmt: skip
+    done = iter(run.many(jobs, places, args.jobs))
+    for net in nets:
+        net["runs"] = [next(done) for _ in range(args.seeds)]
     ckpts = [net["runs"][0]["best_ckpt"] for net in nets]
     times = sr.measure_latency(ckpts, size, rounds=args.rounds, repeats=args.repeats)
     rows = []
@@ -134,7 +142,7 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
             "retrain_min": sum(r["bench_wall_s"] for r in net["runs"]) / 60 / len(net["runs"]),
             "epochs": max(int(r.get("epochs") or 0) for r in net["runs"]),
         })  # fmt: skip
-    return {"dataset": ds, "classes": classes, "range": (lo, hi), "cnn_ms": cnn_ms,
+    return {"dataset": ds, "classes": classes, "range": (lo, hi), "refs_ms": refs_ms,
             "targets": targets, "search": search, "rows": rows}  # fmt: skip
 
 

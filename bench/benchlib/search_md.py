@@ -29,8 +29,10 @@ def render(args, results: Sequence[dict[str, Any]], commands: list[str], total_m
     intro = template(
         "search/intro", runtime=RUNTIME, cpu=cpu, targets=args.targets, seeds=args.seeds,
         search_epochs=args.search_epochs, search_minutes=args.search_minutes,
-        warmup_epochs=args.warmup_epochs, retrain_epochs=args.retrain_epochs,
-        retrain_minutes=args.retrain_minutes, batch=args.batch, rounds=args.rounds,
+        warmup_epochs=args.warmup_epochs, retrain_epochs=" / ".join(f"{r['dataset']['retrain_epochs']} ({r['dataset']['folder']})"
+                                  for r in results),
+        retrain_minutes=args.retrain_minutes, batch=args.batch, rounds=args.rounds, jobs=args.jobs,
+        threads_per_job=max(1, threads // max(1, args.jobs)),
         repeats=args.repeats, within=100 * WITHIN, search_max=SEARCH_MAX_MIN,
     )  # fmt: skip
     lines += [intro, ""]
@@ -73,7 +75,8 @@ def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
     )
     lines += [
         f"{res['classes']} classes, {ds['size']} px (`{' '.join(ds['overrides'])}`). Space: "
-        f"{lo:.2f} .. {hi:.2f} ms in {RUNTIME}; basic CNN {res['cnn_ms']:.2f} ms before training; "
+        f"{lo:.2f} .. {hi:.2f} ms in {RUNTIME}; the references before training: "
+        f"{', '.join(f'{k} {v:.2f}' for k, v in res['refs_ms'].items())} ms; "
         f"targets {', '.join(f'{t:g}' for t in res['targets'])} ms. One search: "
         f"{search['bench_wall_s'] / 60:.1f} min ({search.get('epochs')} epochs, {state}; "
         f"calibration error {fmt(search.get('calibration_error_pct'), '.1f')} %).",

@@ -34,31 +34,48 @@ class Runner:
         if args.threads:
             self.env["OMP_NUM_THREADS"] = str(args.threads)
         self.commands: list[str] = []
+        self.retrain_epochs = 1  # the dataset's, set before its retrains
 
     def values(self, data: str, seed: int = 0) -> dict[str, Any]:
         a = self.args
         return {
             "data": data, "batch": a.batch, "cache_dir": a.cache_dir, "seed": seed,
             "search_epochs": a.search_epochs, "search_time": duration(a.search_minutes),
-            "warmup": a.warmup_epochs, "retrain_epochs": a.retrain_epochs,
+            "warmup": a.warmup_epochs, "retrain_epochs": self.retrain_epochs,
             "retrain_time": duration(a.retrain_minutes),
         }  # fmt: skip
 
     def filled(self, key: str, data: str, seed: int = 0) -> list[str]:
         return [str(x).format(**self.values(data, seed)) for x in self.cases[key]]
 
-    def __call__(self, module: str, overrides: list[str], run_dir: Path, places) -> dict:
+    def __call__(self, module: str, overrides: list[str], run_dir: Path, places,
+                 env: dict[str, str] | None = None) -> dict:  # fmt: skip
         """`python -m <module> <overrides> hydra.run.dir=<run_dir>`: its results.json, with the
         command's wall seconds as ``bench_wall_s``."""
         cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
         self.commands.append("python " + shlex.join(shown_args(cmd[1:], places)))
-        print("+", shlex.join(cmd), flush=True)
+        print(f"+ {shlex.join(cmd)}", flush=True)
         log_file = run_dir.with_name(f"{run_dir.name}.log")
-        code, wall = run_logged(cmd, log_file, self.env)
+        code, wall = run_logged(cmd, log_file, env or self.env)
         if code != 0:
             tail = log_file.read_text()[-4000:]
             raise SystemExit(f"command failed ({code}): {shlex.join(cmd)}\n{tail}")
         return json.loads((run_dir / "results.json").read_text()) | {"bench_wall_s": wall}
+
+    def many(self, jobs: list[tuple[str, list[str], Path]], places, parallel: int) -> list[dict]:
+        """The commands ``jobs`` (module, overrides, run dir), ``parallel`` at a time, each with
+        its share of the cores as threads (`OMP_NUM_THREADS`): on a 2-core CPU two one-thread
+        trainings of small nets do more images per second than one two-thread training, whose
+        threads wait for each other on small batches. Results in the order given."""
+        if parallel <= 1:
+            return [self(m, o, d, places) for m, o, d in jobs]
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = max(1, (self.args.threads or os.cpu_count() or 1) // parallel)
+        env = {**self.env, "OMP_NUM_THREADS": str(threads)}
+        with ThreadPoolExecutor(parallel) as pool:
+            futures = [pool.submit(self, m, o, d, places, env) for m, o, d in jobs]
+            return [f.result() for f in futures]
 
 
 def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]:
@@ -81,21 +98,27 @@ def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]
     return table.min_ms(), table.max_ms()
 
 
-def place_targets(lo: float, hi: float, count: int, below: float | None) -> list[float]:
-    """``count`` targets spread geometrically over the space's range [lo, hi] (ms), each rounded
-    up to 0.01 ms so it stays reachable; when the space reaches under ``below`` (the basic CNN's
-    latency) and no target is at or under it, the lowest target moves to just under it."""
+def place_targets(lo: float, hi: float, count: int, refs_ms: list[float]) -> list[float]:
+    """Where the searched nets go: just under each reference's latency (goal 2 compares a
+    reference with the searched nets at or under it), the references over the space's top at its
+    top, plus one under them all for the front's small end; targets within 10 % of a lower one
+    are dropped, then at most ``count`` are kept, spread over the range. 5 % inside each end of
+    [lo, hi] (ms): the extreme nets are single paths the selection may not find; rounded up to
+    0.01 ms."""
     if count < 1 or not 0 < lo <= hi:
         raise ValueError(f"cannot place {count} targets in {lo} .. {hi} ms")
-    # 5 % inside each end: the extreme nets are single paths the selection may not find
     a, b = lo * 1.05, max(lo * 1.05, hi * 0.95)
-    if count == 1:
-        raw = [math.sqrt(a * b)]
-    else:
-        raw = [a * (b / a) ** (i / (count - 1)) for i in range(count)]
-    if below is not None and lo < below and min(raw) > below:
-        raw[0] = max(a, 0.95 * below) if a < below else (lo + below) / 2
-    return sorted({math.ceil(t * 100) / 100 for t in raw})
+    raw = sorted(min(max(0.95 * r, a), b) for r in refs_ms) or [math.sqrt(a * b)]
+    raw.insert(0, max(a, math.sqrt(a * raw[0])))
+    kept: list[float] = []
+    for t in sorted(raw):
+        if not kept or t > 1.1 * kept[-1]:
+            kept.append(t)
+    if len(kept) > count:
+        # Keep both ends and the references' targets spread between them
+        pick = {round(i * (len(kept) - 1) / max(1, count - 1)) for i in range(count)}
+        kept = [t for i, t in enumerate(kept) if i in pick]
+    return sorted({math.ceil(t * 100) / 100 for t in kept})
 
 
 def whole_net(ckpt: str):
@@ -133,11 +156,33 @@ def measure_latency(ckpts: list[str], size: int, *, rounds: int, repeats: int) -
     return [{"ort_ms": min(t[RUNTIME]), "eager_ms": min(t["torch"])} for t in times]
 
 
-def cnn_latency(classes: int, size: int, *, rounds: int, repeats: int) -> float:
-    """The basic CNN's ORT latency (batch 1) before any training: where the lowest target goes."""
+def build_reference(overrides: list[str], classes: int, size: int):
+    """A reference net (random init) from its `model=<name> model.<key>=<value>` overrides."""
+    import yaml
+
     from fruitnet.models import create_model
+
+    name, kwargs = None, {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "model":
+            name = value
+        elif key.startswith("model."):
+            kwargs[key.removeprefix("model.")] = yaml.safe_load(value)
+    if name is None:
+        raise ValueError(f"no model=<name> in {overrides}")
+    return create_model(name, num_classes=classes, input_size=size, **kwargs).eval()
+
+
+def reference_latencies(refs: list[dict], classes: int, size: int, *, rounds: int,
+                        repeats: int) -> dict[str, float]:  # fmt: skip
+    """Each reference's ORT latency (batch 1) before training, label -> ms: where the targets go
+    (a net's time does not depend on its weights)."""
     from fruitnet.search.runtimes import time_whole_net
 
-    net = create_model("cnn", num_classes=classes, input_size=size).eval()
     timing = {"warmup": 5, "repeats": repeats, "rounds": rounds}
-    return time_whole_net(net, size, runtime=RUNTIME, batch=1, device=torch.device("cpu"), **timing)
+    return {
+        r["label"]: time_whole_net(build_reference(r["overrides"], classes, size), size,
+                                   runtime=RUNTIME, batch=1, device=torch.device("cpu"), **timing)
+        for r in refs
+    }  # fmt: skip

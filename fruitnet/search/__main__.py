@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from fruitnet.search.module import SearchModule
     from fruitnet.search.outcome import ran_words, what_ran, write_unsearched
     from fruitnet.search.prepare import arch_loader, heldout_batches, run_latency_table
-    from fruitnet.search.report import run_values, write_outputs
+    from fruitnet.search.report import measure_latency, run_values, write_outputs
     from fruitnet.search.select import select_for_targets
 
     search_cfg, space, targets, several = _settings(cfg)
@@ -75,6 +75,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             results["what_to_change"],
         )
         return results
+
+    def measured_ms(choices: list[int]) -> float:
+        arch = module.net.export_arch(choices)
+        return measure_latency(arch, module, search_cfg)
+
     picks, scored = select_for_targets(
         module.net,
         module.table,
@@ -82,6 +87,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         heldout_batches(module, dm, images),
         evals=int(search_cfg.get("select_evals", 30)),
         seed=int(search_cfg.get("seed", 0)),
+        band=float(search_cfg.get("select_band", 0.9)),
+        measure=measured_ms if search_cfg.get("select_measure", True) else None,
     )
     extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
                         lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
@@ -117,12 +124,15 @@ def _settings(cfg: DictConfig) -> tuple[dict[str, Any], Any, list[float], bool]:
     """The search config, its space and its targets; bad op names, targets and runtimes fail
     here, before the data and the run directory."""
     from fruitnet.search.runtimes import check_runtime
-    from fruitnet.search.space import SearchSpace, parse_targets
+    from fruitnet.search.space import SearchConfigError, SearchSpace, parse_targets
 
     search_cfg = to_primitive(cfg.search)
     space = SearchSpace.from_config(search_cfg)
     several = parse_targets(search_cfg)
     check_runtime(str(search_cfg.get("runtime", "torch")))
+    band = search_cfg.get("select_band", 0.9)
+    if isinstance(band, bool) or not isinstance(band, int | float) or not 0 <= band < 1:
+        raise SearchConfigError(f"search.select_band must be a number in [0, 1), got {band!r}")
     if several:
         # The architecture phase pulls toward the middle of the targets (geometric mean); each
         # target's net is then chosen from the one supernet

@@ -154,6 +154,19 @@ def run_values(
     }
 
 
+def measure_latency(arch: dict[str, Any], module: Any, search_cfg: dict[str, Any]) -> float:
+    """The finished net of ``arch`` timed as the run's table was (runtime, batch, device)."""
+    return measure(
+        arch,
+        module.net.num_classes,
+        module.net.input_size,
+        table_meta=module.table.meta,
+        preprocess=module.hparams.get("preprocess"),
+        repeats=int(search_cfg.get("latency_repeats", 30)),
+        rounds=int(search_cfg.get("latency_rounds", 3)),
+    )["measured_latency_ms"]
+
+
 def measure_picks(
     module: Any, picks: list[dict[str, Any]], output_dir: Path, search_cfg: dict[str, Any]
 ) -> None:

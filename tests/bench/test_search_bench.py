@@ -18,21 +18,26 @@ runs = importlib.import_module("benchlib.search_runs")
 search_goals = importlib.import_module("benchlib.search_goals")
 
 
-def test_targets_span_the_space_and_reach_under_the_cnn():
-    lo, hi = 0.3, 3.0
-    targets = runs.place_targets(lo, hi, 4, below=1.0)
-    assert len(targets) == 4 and targets == sorted(targets)
+def test_targets_sit_under_each_reference_and_span_the_space():
+    lo, hi = 0.1, 1.0
+    # A CNN, three small nets within 10 % of each other, a large one, two over the space's top
+    refs = [0.27, 0.25, 0.28, 0.29, 0.64, 1.3, 2.7]
+    targets = runs.place_targets(lo, hi, 5, refs)
+    assert targets == sorted(targets) and 4 <= len(targets) <= 5
     assert all(lo <= t <= hi for t in targets)
-    assert targets[-1] > 2.0  # reaches the top of the range, not bunched at the bottom
-    assert any(t <= 1.0 for t in targets)
-    # The space's geometric spread misses the CNN's 0.33 ms: the lowest target moves under it
-    moved = runs.place_targets(0.3, 3.0, 3, below=0.33)
-    assert moved[0] <= 0.33 and moved[0] >= 0.3
-    # A space that starts above the CNN: nothing can sit under it, nothing is forced there
-    above = runs.place_targets(2.0, 4.0, 3, below=1.0)
-    assert min(above) >= 2.0
+    assert targets[0] < 0.2  # the front's small end, under every reference
+    # Under every reference of the space, within 10 % of the nearest one under it
+    for r in refs[:5]:
+        under = [t for t in targets if t <= r]
+        assert under and max(under) >= 0.85 * r, (r, targets)
+    assert targets[-1] == pytest.approx(0.95, abs=0.011)  # the top stands for the two over it
+    # Fewer targets allowed than references: both ends kept
+    two = runs.place_targets(lo, hi, 2, refs)
+    assert len(two) == 2 and two[0] < 0.2 and two[-1] >= 0.94
+    # A space that starts above every reference: its bottom, nothing under it
+    assert min(runs.place_targets(2.0, 4.0, 3, [1.0])) >= 2.0
     with pytest.raises(ValueError):
-        runs.place_targets(2.0, 1.0, 3, below=None)
+        runs.place_targets(2.0, 1.0, 3, [])
 
 
 def test_duration_is_a_trainer_max_time():

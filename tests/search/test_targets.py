@@ -15,7 +15,7 @@ from helpers import TRAINED_DATA, compose_cfg
 from fruitnet.models.proxyless import ProxylessNASNets
 from fruitnet.search.latency import LatencyTable, build_latency_table, calibrate, check_target
 from fruitnet.search.runtimes import time_whole_net
-from fruitnet.search.select import most_probable_under
+from fruitnet.search.select import STEPS, most_probable_under, select_for_targets
 from fruitnet.search.space import SearchConfigError, SearchSpace, parse_targets
 from fruitnet.search.supernet import SuperNet
 
@@ -102,6 +102,63 @@ def test_most_probable_under_is_the_best_path_that_fits():
         assert sum(log_p[e][k] for e, k in enumerate(got)) == pytest.approx(best, abs=1e-3)
 
 
+def test_band_floor_keeps_the_net_near_its_target():
+    """With a floor, the knapsack's answer is the most probable path in [floor, target] (brute
+    force); where no path reaches the floor it falls back to the ceiling alone."""
+    gen = torch.Generator().manual_seed(1)
+    edges = [torch.rand(4, generator=gen).tolist() for _ in range(4)]
+    table = LatencyTable({"stem": 0.2}, edges, {})
+    # The most probable ops are the cheapest: a ceiling alone picks a net far under the target
+    log_p = [torch.log_softmax(-4 * torch.tensor(c), 0).tolist() for c in edges]
+    lo, hi = table.min_ms(), table.max_ms()
+    for share in (0.4, 0.6, 0.8):
+        target = lo + share * (hi - lo)
+        floor = 0.9 * target
+        band = [
+            c
+            for c in itertools.product(range(4), repeat=4)
+            if floor <= table.path_ms(list(c)) <= target
+        ]
+        assert band, target
+        got = most_probable_under(table, log_p, target, floor)
+        # Costs round up to target / STEPS per edge: a path may sit that much under the floor
+        slack = (len(edges) + 1) * target / STEPS
+        assert floor - slack <= table.path_ms(got) <= target
+        best = max(sum(log_p[e][k] for e, k in enumerate(c)) for c in band)
+        assert sum(log_p[e][k] for e, k in enumerate(got)) >= best - 1e-9
+        assert table.path_ms(most_probable_under(table, log_p, target)) < floor
+    top = table.max_ms()
+    got = most_probable_under(table, log_p, top, floor_ms=10 * top)
+    assert got is not None and table.path_ms(got) <= top
+
+
+def test_a_net_measured_off_its_target_is_chosen_again():
+    """A table that underestimates whole nets by 30 % (a stand-in for the measured time): the
+    first choice lands over its target, the second, for a goal scaled by that miss, lands in the
+    band; without measuring, the miss stands."""
+    torch.manual_seed(0)
+    net = SuperNet(SearchSpace.from_config(SPACE), num_classes=3, input_size=32)
+    gen = torch.Generator().manual_seed(2)
+    edges = [
+        [0.0 if n == "zero" else float(torch.rand(1, generator=gen)) for n in e.names]
+        for e in net.edges
+    ]
+    table = LatencyTable({"stem": 0.5}, edges, {})
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    target = table.min_ms() + 0.6 * (table.max_ms() - table.min_ms())
+
+    def measure(choices):
+        return 1.3 * table.path_ms(choices)
+
+    common = dict(evals=3, band=0.9)
+    (blind,), _ = select_for_targets(net, table, [target], batches, **common)
+    assert 0.9 * target <= blind["predicted_ms"] <= target and blind["attempts"] == 1
+    assert measure(blind["choices"]) > 1.1 * target
+    (pick,), _ = select_for_targets(net, table, [target], batches, measure=measure, **common)
+    assert pick["attempts"] == 2 and pick["goal_ms"] < target
+    assert 0.9 * target <= pick["selection_ms"] <= 1.1 * target
+
+
 @pytest.mark.parametrize(
     "value, words",
     [
@@ -175,7 +232,7 @@ def test_several_targets_give_one_net_each_and_a_front(tmp_path, data_dir):
     assert results["targets_ms"] == targets and results["arch_path"] is None
     assert results["target_latency_ms"] == pytest.approx(math.sqrt(targets[0] * targets[1]))
     for pick in results["front"]:
-        assert pick["predicted_ms"] <= pick["target_ms"]
+        assert pick["predicted_ms"] <= pick["goal_ms"] and pick["attempts"] >= 1
         arch = json.loads((run_dir / f"arch_{pick['target_ms']:g}ms.json").read_text())
         assert len(arch["blocks"]) == 1 + 4
         assert 0.0 <= pick["val_acc"] <= 1.0 and pick["measured_latency_ms"] > 0
