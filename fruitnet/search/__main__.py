@@ -31,10 +31,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     # Loaded after the config checks, as in fruitnet.train: `--cfg job` needs no torch.
     from fruitnet.assemble import build_datamodule, build_trainer, run_callbacks, start_run
+    from fruitnet.search.measure import NetTimer
     from fruitnet.search.module import SearchModule
     from fruitnet.search.outcome import ran_words, what_ran, write_unsearched
     from fruitnet.search.prepare import arch_loader, heldout_batches, run_latency_table
-    from fruitnet.search.report import measure_latency, run_values, write_outputs
+    from fruitnet.search.report import run_values, write_outputs
     from fruitnet.search.select import select_for_targets
 
     search_cfg, space, targets, several = _settings(cfg)
@@ -76,31 +77,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         return results
 
-    def measured_ms(choices: list[int]) -> float:
-        arch = module.net.export_arch(choices)
-        return measure_latency(arch, module, search_cfg)
-
-    picks, scored = select_for_targets(
-        module.net,
-        module.table,
-        targets,
-        heldout_batches(module, dm, images),
-        evals=int(search_cfg.get("select_evals", 30)),
-        seed=int(search_cfg.get("seed", 0)),
-        band=float(search_cfg.get("select_band", 0.9)),
-        measure=measured_ms if search_cfg.get("select_measure", True) else None,
-    )
-    extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
-                        lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
-    results = write_outputs(
-        module,
-        output_dir,
-        picks=picks,
-        scored=scored,
-        several=several,
-        search_cfg=search_cfg,
-        extra={**ran, **extra},
-    )
+    with NetTimer(
+        module, search_cfg, fresh=bool(search_cfg.get("latency_fresh_process", True))
+    ) as timer:
+        picks, scored = select_for_targets(
+            module.net,
+            module.table,
+            targets,
+            heldout_batches(module, dm, images),
+            evals=int(search_cfg.get("select_evals", 30)),
+            seed=int(search_cfg.get("seed", 0)),
+            band=float(search_cfg.get("select_band", 0.9)),
+            measure=(lambda choices: timer.ms(module.net.export_arch(choices)))
+            if search_cfg.get("select_measure", True)
+            else None,
+        )
+        extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
+                            lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
+        results = write_outputs(
+            module,
+            output_dir,
+            picks=picks,
+            scored=scored,
+            several=several,
+            search_cfg=search_cfg,
+            extra={**ran, **extra},
+            timer=timer,
+        )
     _log_front(results)
     return results
 

@@ -8,19 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from fruitnet.config import hydra_choices
 from fruitnet.files import write_json, write_text
-from fruitnet.models.profile import count_params, flops, fp32_mib, state_dict_mib
-from fruitnet.models.proxyless import ProxylessNASNets
 from fruitnet.plots import save_figure
 from fruitnet.record import environment
 from fruitnet.runtime import device_name
 from fruitnet.search.front import arch_name, front_figure, front_markdown, front_table
 from fruitnet.search.latency import CALIBRATION_WARN_PCT
-from fruitnet.search.runtimes import time_whole_net
+from fruitnet.search.measure import NetTimer
 
 log = logging.getLogger("fruitnet.search")
 
@@ -60,43 +57,6 @@ def edge_probs_figure(history: Sequence[dict[str, Any]], names: Sequence[Sequenc
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return fig
-
-
-def measure(
-    arch: dict[str, Any],
-    num_classes: int,
-    input_size: int,
-    *,
-    table_meta: dict[str, Any],
-    preprocess: dict[str, Any] | None = None,
-    warmup: int = 10,
-    repeats: int = 30,
-    rounds: int = 3,
-) -> dict[str, Any]:
-    """Params, MiB, FLOPs and the measured latency of the finished net built from ``arch``: ms
-    per batch in the table's runtime, batch and device (fp32, eval), timed as the table was."""
-    net = ProxylessNASNets(num_classes=num_classes, input_size=input_size, arch=arch)
-    total, _ = count_params(net)
-    stats = {
-        "params": total,
-        "fp32_mib": fp32_mib(net),
-        "weights_mb": state_dict_mib(net),
-        "flops": flops(net, input_size),
-    }
-    device = "cuda" if str(table_meta.get("device")).startswith("cuda") else "cpu"
-    stats["measured_latency_ms"] = time_whole_net(
-        net,
-        input_size,
-        runtime=str(table_meta.get("runtime", "torch")),
-        batch=int(table_meta.get("batch", 1)),
-        device=torch.device(device),
-        preprocess=preprocess,
-        channels_last=bool(table_meta.get("channels_last", True)),
-        warmup=warmup,
-        repeats=repeats,
-        rounds=rounds,
-    )
-    return stats
 
 
 def latency_keys(meta: dict[str, Any]) -> dict[str, Any]:
@@ -154,36 +114,19 @@ def run_values(
     }
 
 
-def measure_latency(arch: dict[str, Any], module: Any, search_cfg: dict[str, Any]) -> float:
-    """The finished net of ``arch`` timed as the run's table was (runtime, batch, device)."""
-    return measure(
-        arch,
-        module.net.num_classes,
-        module.net.input_size,
-        table_meta=module.table.meta,
-        preprocess=module.hparams.get("preprocess"),
-        repeats=int(search_cfg.get("latency_repeats", 30)),
-        rounds=int(search_cfg.get("latency_rounds", 3)),
-    )["measured_latency_ms"]
-
-
 def measure_picks(
-    module: Any, picks: list[dict[str, Any]], output_dir: Path, search_cfg: dict[str, Any]
+    module: Any,
+    picks: list[dict[str, Any]],
+    output_dir: Path,
+    search_cfg: dict[str, Any],
+    timer: NetTimer,
 ) -> None:
     """Each target's net: arch_<target>ms.json, its sizes and measured latency, the misses."""
-    net, table = module.net, module.table
+    net = module.net
     for pick in picks:
         arch = net.export_arch(pick["choices"])
         path = write_json(Path(output_dir) / arch_name(pick["target_ms"]), arch, indent=1)
-        stats = measure(
-            arch,
-            net.num_classes,
-            net.input_size,
-            table_meta=table.meta,
-            preprocess=module.hparams.get("preprocess"),
-            repeats=int(search_cfg.get("latency_repeats", 30)),
-            rounds=int(search_cfg.get("latency_rounds", 3)),
-        )
+        stats = timer.stats(arch)
         measured, target = stats["measured_latency_ms"], pick["target_ms"]
         pick.update(stats)
         pick["arch_path"] = str(path)
@@ -209,12 +152,13 @@ def write_outputs(
     several: bool,
     search_cfg: dict[str, Any],
     extra: dict[str, Any],
+    timer: NetTimer,
 ) -> dict[str, Any]:
     """arch_<target>ms.json per target (and arch.json for a single target), edge_probs.png,
     front.md and front.png (several targets), search_report.md, results.json."""
     output_dir = Path(output_dir)
     net, table = module.net, module.table
-    measure_picks(module, picks, output_dir, search_cfg)
+    measure_picks(module, picks, output_dir, search_cfg, timer)
     history = module.prob_history
     names = [e.names for e in net.edges]
     png = None

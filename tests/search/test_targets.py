@@ -255,3 +255,27 @@ def test_several_targets_give_one_net_each_and_a_front(tmp_path, data_dir):
     assert "torch, batch 1, fp32, cpu-" in front
     for key in ("latency_runtime", "latency_batch", "latency_precision", "latency_device"):
         assert results[key] is not None, key
+
+
+def test_chosen_nets_are_timed_in_a_fresh_process_with_the_same_numbers():
+    """NetTimer(fresh=True) times in a spawned worker: the same sizes and FLOPs as in-process,
+    and a time; a CUDA table stays in-process (a worker would have to start CUDA again)."""
+    from types import SimpleNamespace
+
+    from fruitnet.search.measure import NetTimer
+
+    net = SuperNet(SearchSpace.from_config({**SPACE, "depths": [1, 1, 1]}), num_classes=3,
+                   input_size=32)  # fmt: skip
+    meta = {"runtime": "torch", "batch": 1, "device": "cpu-test"}
+    module = SimpleNamespace(net=net, table=SimpleNamespace(meta=meta), hparams={})
+    arch = net.export_arch([0, 1, 2])
+    cfg = {"latency_repeats": 3, "latency_rounds": 1}
+    with NetTimer(module, cfg, fresh=True) as fresh, NetTimer(module, cfg, fresh=False) as here:
+        assert fresh.pool is not None and here.pool is None
+        a, b = fresh.stats(arch), here.stats(arch)
+    assert a["params"] == b["params"] and a["flops"] == b["flops"]
+    assert a["measured_latency_ms"] > 0 and b["measured_latency_ms"] > 0
+    gpu = SimpleNamespace(net=net, table=SimpleNamespace(meta={**meta, "device": "cuda:0"}),
+                          hparams={})  # fmt: skip
+    with NetTimer(gpu, cfg, fresh=True) as timer:
+        assert timer.pool is None
