@@ -467,6 +467,19 @@ def test_tiny_search_writes_arch_json_that_trains(tmp_path, shared_data):
     assert count_params(module.net)[0] == expected
     assert module.hparams.arch_path == str(arch_path)
 
+    # ... and exports, explains and evaluates like a built-in model, from the checkpoint alone
+    from fruitnet.eval import run as run_eval
+    from fruitnet.export import run as run_export
+
+    exported = run_export(compose_cfg([f"ckpt_path={ckpts[0]}", "format=onnx", "latency_iters=2"],
+                                      tmp_path / "export", config_name="export"))  # fmt: skip
+    assert Path(exported["output"]).is_file() and exported["max_abs_diff_probs"] <= 1e-4
+    evaluated = run_eval(compose_cfg(
+        [f"ckpt_path={ckpts[0]}", *data, "trainer=cpu", "verbose=false", "explain=true",
+         "mistakes=4"], tmp_path / "eval", config_name="eval"))  # fmt: skip
+    assert 0.0 <= evaluated["test_acc"] <= 1.0 and evaluated["num_mistakes"] > 0
+    assert Path(evaluated["artifacts"]["mistakes_png"]).is_file()
+
 
 def test_arch_that_does_not_fit_the_input_stops_before_training(tmp_path, shared_data):
     from fruitnet.train import run as train_run
