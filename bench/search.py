@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--only or --quick <work>/SEARCH.md: a partial run never replaces it)")  # fmt: skip
     p.add_argument("--work", default=None, help="run folder (default logs/bench_search/<time>)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script only")
+    p.add_argument("--resume", action="store_true", help="with --work: keep every command that "
+                   "finished there (its results and minutes) and run the rest")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="retrains per net (--quick: 1)")
     p.add_argument("--targets", type=int, default=5, help="latency targets per search (at most)")
     p.add_argument("--search-epochs", type=int, default=60)
@@ -108,6 +110,9 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
     refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
                                      repeats=args.repeats)  # fmt: skip
     targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
+    earlier = sr.finished(args.work / f"{name}_search") if args.resume else None
+    if earlier is not None:
+        targets = list(earlier["targets_ms"])  # the searched nets' run folders follow them
     print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
           f"targets {targets}", flush=True)  # fmt: skip
     search_args = [*common, *run.filled("search", data)]

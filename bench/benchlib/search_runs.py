@@ -54,12 +54,17 @@ class Runner:
         command's wall seconds as ``bench_wall_s``."""
         cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
         self.commands.append("python " + shlex.join(shown_args(cmd[1:], places)))
-        print(f"+ {shlex.join(cmd)}", flush=True)
         log_file = run_dir.with_name(f"{run_dir.name}.log")
+        done = finished(run_dir) if self.args.resume else None
+        if done is not None:
+            print(f"= {run_dir.name}: finished in an earlier run, kept", flush=True)
+            return done
+        print(f"+ {shlex.join(cmd)}", flush=True)
         code, wall = run_logged(cmd, log_file, env or self.env)
         if code != 0:
             tail = log_file.read_text()[-4000:]
             raise SystemExit(f"command failed ({code}): {shlex.join(cmd)}\n{tail}")
+        run_dir.with_name(f"{run_dir.name}.wall").write_text(f"{wall:.3f}\n")
         return json.loads((run_dir / "results.json").read_text()) | {"bench_wall_s": wall}
 
     def many(self, jobs: list[tuple[str, list[str], Path]], places, parallel: int) -> list[dict]:
@@ -76,6 +81,22 @@ class Runner:
         with ThreadPoolExecutor(parallel) as pool:
             futures = [pool.submit(self, m, o, d, places, env) for m, o, d in jobs]
             return [f.result() for f in futures]
+
+
+def finished(run_dir: Path) -> dict | None:
+    """A command of an earlier run of this benchmark that finished (--resume): its results.json
+    and wall seconds, from ``<run>.wall``, or for runs older than that file, the log's last write
+    minus the run folder's `.hydra/` (written at start-up, so interpreter start-up is left out)."""
+    results = run_dir / "results.json"
+    if not results.is_file():
+        return None
+    wall_file = run_dir.with_name(f"{run_dir.name}.wall")
+    if wall_file.is_file():
+        wall = float(wall_file.read_text())
+    else:
+        log_file = run_dir.with_name(f"{run_dir.name}.log")
+        wall = log_file.stat().st_mtime - (run_dir / ".hydra").stat().st_mtime
+    return json.loads(results.read_text()) | {"bench_wall_s": wall}
 
 
 def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]:
