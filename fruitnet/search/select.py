@@ -174,30 +174,44 @@ def select_for_targets(
             "log_prob": sum(log_p[e][k] for e, k in enumerate(best)),
         }
 
-    middle = (1.0 + band) / 2
-    picks = []
-    for target in targets:
-        attempts = [choose(target)]
-        while measure is not None:
-            last = attempts[-1]
-            ms = float(measure(last["choices"]))
-            if not band * target <= ms <= (2.0 - band) * target:
-                # Confirm a miss before acting on it: a timing slowed by another process reads
-                # high, never low, so the lower of two counts (the table's best-of statistic)
-                ms = min(ms, float(measure(last["choices"])))
-            last["selection_ms"] = ms
-            if band * target <= ms <= (2.0 - band) * target or len(attempts) > retries:
-                break
-            goal = last["goal_ms"] * middle * target / ms
-            if goal < table.min_ms():
-                break
-            attempts.append(choose(goal))
-        if measure is not None:
-            attempts = [a for a in attempts if "selection_ms" in a]
-        pick = min(attempts, key=lambda a: abs(a.get("selection_ms", target) - middle * target))
-        picks.append({"target_ms": float(target), **pick, "attempts": len(attempts)})
+    picks = [
+        _measured_pick(target, choose, measure, band=band, retries=retries, lowest=table.min_ms())
+        for target in targets
+    ]
     scored = [
         {"choices": list(k), "predicted_ms": table.path_ms(list(k)), "val_acc": v}
         for k, v in scores.items()
     ]
     return picks, scored
+
+
+def _measured_pick(
+    target: float,
+    choose: Callable[[float], dict[str, Any]],
+    measure: Callable[[list[int]], float] | None,
+    *,
+    band: float,
+    retries: int,
+    lowest: float,
+) -> dict[str, Any]:
+    """One target's net: ``choose(target)``, then (with ``measure``) chosen again for a goal
+    scaled by each measured miss until it lands in [band, 2 - band] x target; the attempt
+    measured nearest the band's middle."""
+    middle = (1.0 + band) / 2
+    attempts = [choose(target)]
+    while measure is not None:
+        last = attempts[-1]
+        ms = float(measure(last["choices"]))
+        if not band * target <= ms <= (2.0 - band) * target:
+            # Confirm a miss before acting on it: a timing slowed by another process reads high,
+            # never low, so the lower of two counts (the table's best-of statistic)
+            ms = min(ms, float(measure(last["choices"])))
+        last["selection_ms"] = ms
+        if band * target <= ms <= (2.0 - band) * target or len(attempts) > retries:
+            break
+        goal = last["goal_ms"] * middle * target / ms
+        if goal < lowest:
+            break
+        attempts.append(choose(goal))
+    pick = min(attempts, key=lambda a: abs(a.get("selection_ms", target) - middle * target))
+    return {"target_ms": float(target), **pick, "attempts": len(attempts)}
