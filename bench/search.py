@@ -125,10 +125,13 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
         for p in (search.get("front") or []) if search.get("searched")
     ]  # fmt: skip
     nets += [{**r, "searched": False, "target_ms": None} for r in references(args)]
+    # a searched net's arch file is rewritten when its search ran again: its retrains follow
+    rerun_searched = not search.get("bench_kept", False)
     jobs = [
         ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
-         args.work / f"{name}_train_{i}_seed{seed}")
-        for i, net in enumerate(nets) for seed in range(args.seeds)
+         args.work / f"{name}_train_{sr.slug(net['label'])}_seed{seed}",
+         net["searched"] and rerun_searched)
+        for net in nets for seed in range(args.seeds)
     ]  # fmt: skip
     done = iter(run.many(jobs, places, args.jobs))
     for net in nets:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ import torch
 from benchlib.common import REPO, run_logged, shown_args
 
 RUNTIME = "onnxruntime"  # the search's default runtime (conf/search/default.yaml `runtime`)
+
+
+def slug(label: str) -> str:
+    """A net's run-folder name from its label ("searched 0.14 ms" -> searched_0.14ms,
+    "MobileNetV3-Small" -> mobilenetv3-small): named, not numbered, so a resumed run whose search
+    found another number of targets still finds each reference's runs."""
+    return re.sub(r"[^a-z0-9.+-]+", "_", label.lower().replace(" ms", "ms")).strip("_")
 
 
 def duration(minutes: float) -> str:
@@ -49,16 +57,17 @@ class Runner:
         return [str(x).format(**self.values(data, seed)) for x in self.cases[key]]
 
     def __call__(self, module: str, overrides: list[str], run_dir: Path, places,
-                 env: dict[str, str] | None = None) -> dict:  # fmt: skip
+                 env: dict[str, str] | None = None, rerun: bool = False) -> dict:  # fmt: skip
         """`python -m <module> <overrides> hydra.run.dir=<run_dir>`: its results.json, with the
-        command's wall seconds as ``bench_wall_s``."""
+        command's wall seconds as ``bench_wall_s``. With --resume, a run that finished there with
+        the same overrides is kept (``bench_kept``) unless ``rerun`` (its inputs changed)."""
         cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
         self.commands.append("python " + shlex.join(shown_args(cmd[1:], places)))
         log_file = run_dir.with_name(f"{run_dir.name}.log")
-        done = finished(run_dir) if self.args.resume else None
+        done = finished(run_dir, overrides) if self.args.resume and not rerun else None
         if done is not None:
             print(f"= {run_dir.name}: finished in an earlier run, kept", flush=True)
-            return done
+            return done | {"bench_kept": True}
         print(f"+ {shlex.join(cmd)}", flush=True)
         code, wall = run_logged(cmd, log_file, env or self.env)
         if code != 0:
@@ -67,29 +76,36 @@ class Runner:
         run_dir.with_name(f"{run_dir.name}.wall").write_text(f"{wall:.3f}\n")
         return json.loads((run_dir / "results.json").read_text()) | {"bench_wall_s": wall}
 
-    def many(self, jobs: list[tuple[str, list[str], Path]], places, parallel: int) -> list[dict]:
-        """The commands ``jobs`` (module, overrides, run dir), ``parallel`` at a time, each with
+    def many(self, jobs: list[tuple[str, list[str], Path, bool]], places,
+             parallel: int) -> list[dict]:  # fmt: skip
+        """The commands ``jobs`` (module, overrides, run dir, rerun), ``parallel`` at a time, each with
         its share of the cores as threads (`OMP_NUM_THREADS`): on a 2-core CPU two one-thread
         trainings of small nets do more images per second than one two-thread training, whose
         threads wait for each other on small batches. Results in the order given."""
         if parallel <= 1:
-            return [self(m, o, d, places) for m, o, d in jobs]
+            return [self(m, o, d, places, rerun=r) for m, o, d, r in jobs]
         from concurrent.futures import ThreadPoolExecutor
 
         threads = max(1, (self.args.threads or os.cpu_count() or 1) // parallel)
         env = {**self.env, "OMP_NUM_THREADS": str(threads)}
         with ThreadPoolExecutor(parallel) as pool:
-            futures = [pool.submit(self, m, o, d, places, env) for m, o, d in jobs]
+            futures = [pool.submit(self, m, o, d, places, env, r) for m, o, d, r in jobs]
             return [f.result() for f in futures]
 
 
-def finished(run_dir: Path) -> dict | None:
+def finished(run_dir: Path, overrides: list[str] | None = None) -> dict | None:
     """A command of an earlier run of this benchmark that finished (--resume): its results.json
     and wall seconds, from ``<run>.wall``, or for runs older than that file, the log's last write
-    minus the run folder's `.hydra/` (written at start-up, so interpreter start-up is left out)."""
+    minus the run folder's `.hydra/` (written at start-up, so interpreter start-up is left out).
+    None when it did not finish, or when ``overrides`` differ from the ones Hydra recorded for it
+    (the case changed since, so its result is not this command's)."""
     results = run_dir / "results.json"
     if not results.is_file():
         return None
+    if overrides is not None:
+        recorded = run_dir / ".hydra" / "overrides.yaml"
+        if not recorded.is_file() or _yaml_list(recorded) != [str(o) for o in overrides]:
+            return None
     wall_file = run_dir.with_name(f"{run_dir.name}.wall")
     if wall_file.is_file():
         wall = float(wall_file.read_text())
@@ -97,6 +113,12 @@ def finished(run_dir: Path) -> dict | None:
         log_file = run_dir.with_name(f"{run_dir.name}.log")
         wall = log_file.stat().st_mtime - (run_dir / ".hydra").stat().st_mtime
     return json.loads(results.read_text()) | {"bench_wall_s": wall}
+
+
+def _yaml_list(path: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    return [str(x) for x in OmegaConf.load(path)]
 
 
 def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from helpers import REPO, cli
 sys.path.insert(0, str(REPO / "bench"))
 runs = importlib.import_module("benchlib.search_runs")
 search_goals = importlib.import_module("benchlib.search_goals")
+CASES = importlib.import_module("benchlib.common").load_cases("search")
 
 
 def test_targets_sit_under_each_reference_and_span_the_space():
@@ -43,6 +44,25 @@ def test_targets_sit_under_each_reference_and_span_the_space():
 def test_duration_is_a_trainer_max_time():
     assert runs.duration(25) == "00:00:25:00"
     assert runs.duration(90.5) == "00:01:30:30"
+
+
+def test_resume_keeps_a_finished_run_only_with_the_same_overrides(tmp_path):
+    run_dir = tmp_path / "fruits_train_2_seed0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- seed=0\n")
+    assert runs.finished(run_dir) is None  # no results.json: it did not finish
+    (run_dir / "results.json").write_text('{"test_acc": 0.9}')
+    run_dir.with_name(f"{run_dir.name}.wall").write_text("12.5\n")
+    kept = runs.finished(run_dir, ["model=cnn", "seed=0"])
+    assert kept == {"test_acc": 0.9, "bench_wall_s": 12.5}
+    # the case changed since (a new override, another value, another order): run it again
+    assert runs.finished(run_dir, ["model=cnn", "seed=0", "model.kwargs.bn_momentum=0.1"]) is None
+    assert runs.finished(run_dir, ["model=cnn", "seed=1"]) is None
+    assert runs.finished(run_dir, ["seed=0", "model=cnn"]) is None
+    # runs are named after their net, so another number of targets does not shift the references
+    labels = [r["label"] for r in CASES["references"]] + ["searched 0.14 ms", "searched 0.9 ms"]
+    assert len({runs.slug(label) for label in labels}) == len(labels)
+    assert runs.slug("searched 0.14 ms") == "searched_0.14ms"
 
 
 def _row(label, acc, std, ms, target=None):
