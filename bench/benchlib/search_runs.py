@@ -211,7 +211,8 @@ def build_reference(overrides: list[str], classes: int, size: int):
         if key == "model":
             name = value
         elif key.startswith("model."):
-            kwargs[key.removeprefix("model.")] = yaml.safe_load(value)
+            # model.kwargs.<k> reach the builder as <k>, as fruitnet.module passes model.kwargs
+            kwargs[key.removeprefix("model.").removeprefix("kwargs.")] = yaml.safe_load(value)
     if name is None:
         raise ValueError(f"no model=<name> in {overrides}")
     return create_model(name, num_classes=classes, input_size=size, **kwargs).eval()

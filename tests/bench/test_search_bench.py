@@ -170,3 +170,14 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     assert "search.targets=[" in text
     for root in (str(tmp_path), "/work/", "/tmp/", "/home/"):
         assert root not in text
+
+
+def test_every_reference_builds_from_its_overrides_as_train_builds_it():
+    import torch
+
+    for ref in CASES["references"]:
+        net = runs.build_reference(ref["overrides"], 3, 64)
+        assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 3), ref["label"]
+        if "model.kwargs.bn_momentum=0.1" in ref["overrides"]:
+            norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            assert norms and {m.momentum for m in norms} == {0.1}, ref["label"]
