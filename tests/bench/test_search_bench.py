@@ -181,3 +181,36 @@ def test_every_reference_builds_from_its_overrides_as_train_builds_it():
         if "model.kwargs.bn_momentum=0.1" in ref["overrides"]:
             norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
             assert norms and {m.momentum for m in norms} == {0.1}, ref["label"]
+
+
+def test_resume_runs_a_changed_command_again_in_a_clean_folder(tmp_path):
+    """Runner: a finished command with the same overrides is kept; a changed one runs again, its
+    old folder set aside (no stale checkpoint beside the new ones)."""
+    import types
+
+    # a stand-in for fruitnet.train: records its overrides as Hydra does and writes results.json
+    (tmp_path / "fake_train.py").write_text(
+        "import json, sys, pathlib\n"
+        "args = sys.argv[1:]\n"
+        "run = pathlib.Path(args[-1].split('=', 1)[1])\n"
+        "(run / '.hydra').mkdir(parents=True)\n"
+        "(run / '.hydra' / 'overrides.yaml').write_text(''.join(f'- {a}\\n' for a in args[:-1]))\n"
+        "(run / 'results.json').write_text(json.dumps({'overrides': args[:-1]}))\n"
+    )
+    args = types.SimpleNamespace(work=tmp_path, threads=1, resume=True)
+    runner = runs.Runner(args, {})
+    runner.env["PYTHONPATH"] = str(tmp_path)
+    run_dir = tmp_path / "fruits_train_basic_cnn_seed0"
+    first = runner("fake_train", ["model=cnn", "seed=0"], run_dir, {})
+    assert first["overrides"] == ["model=cnn", "seed=0"] and "bench_kept" not in first
+    (run_dir / "stale.ckpt").write_text("old")
+    kept = runner("fake_train", ["model=cnn", "seed=0"], run_dir, {})
+    assert kept["bench_kept"] and (run_dir / "stale.ckpt").exists()
+    changed = runner("fake_train", ["model=cnn", "seed=0", "model.lr=2"], run_dir, {})
+    assert changed["overrides"][-1] == "model.lr=2" and "bench_kept" not in changed
+    assert not (run_dir / "stale.ckpt").exists()
+    assert (tmp_path / "fruits_train_basic_cnn_seed0.superseded1" / "stale.ckpt").exists()
+    # rerun=True (its search ran again) runs even an unchanged command
+    again = runner("fake_train", ["model=cnn", "seed=0", "model.lr=2"], run_dir, {}, rerun=True)
+    assert "bench_kept" not in again
+    assert (tmp_path / "fruits_train_basic_cnn_seed0.superseded2").is_dir()
