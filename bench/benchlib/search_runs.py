@@ -71,9 +71,10 @@ class Runner:
         if run_dir.exists():
             # an earlier, changed command's folder: kept aside, so that its checkpoints do not
             # mix with this run's (Lightning would write beside them)
-            aside = next(run_dir.with_name(f"{run_dir.name}.superseded{k}") for k in range(1, 10**4)
-                         if not run_dir.with_name(f"{run_dir.name}.superseded{k}").exists())  # fmt: skip
-            run_dir.rename(aside)
+            k = 1
+            while run_dir.with_name(f"{run_dir.name}.superseded{k}").exists():
+                k += 1
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded{k}"))
         print(f"+ {shlex.join(cmd)}", flush=True)
         code, wall = run_logged(cmd, log_file, env or self.env)
         if code != 0:
