@@ -8,6 +8,7 @@ import socket
 import stat
 import sys
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -208,14 +209,18 @@ def test_connectivity_probe_is_bounded(monkeypatch):
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
 
+    release = threading.Event()
+
     def hang(*args, **kwargs):
-        time.sleep(30)  # a resolver that never answers
+        release.wait(30)  # a resolver that never answers (until the test lets the thread end)
+        raise TimeoutError("resolver")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t0 = time.monotonic()
     with pytest.raises(dl.DownloadUnavailable, match="offline"):
         dl._check_connectivity(0.2)
     assert time.monotonic() - t0 < 5
+    release.set()  # the abandoned probe ends with an OSError, as a real timeout would
 
     def refuse(*args, **kwargs):
         raise ConnectionRefusedError("refused")
