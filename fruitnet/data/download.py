@@ -21,10 +21,8 @@ import contextlib
 import json
 import os
 import shlex
-import socket
 import sys
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from fruitnet.data.catalog import DATASETS, DatasetInfo
 from fruitnet.data.extract import UnsafeArchiveError, safe_extract
 from fruitnet.data.layout import find_data_root, verify_data_root
 from fruitnet.settings import OFFLINE_ENV, is_offline, root_dir
-from fruitnet.sockets import socket_timeout
+from fruitnet.sockets import socket_timeout, unreachable
 
 __all__ = ["DownloadUnavailable", "main"]
 
@@ -88,34 +86,9 @@ def _redact(text: str) -> str:
 
 
 def _check_connectivity(timeout: float) -> None:
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        # A direct probe says nothing behind a proxy; the client's own timeouts bound the wait.
-        return
-    result: list[BaseException | None] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((KAGGLE_HOST, 443), timeout=timeout):
-                pass
-            result.append(None)
-        except OSError as e:
-            result.append(e)
-
-    # The socket timeout does not cover the DNS lookup, which can block far longer on a broken
-    # resolver; a daemon thread bounds the whole probe and is abandoned if it overruns.
-    t = threading.Thread(target=probe, name="kaggle-probe", daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    if not result:
-        raise DownloadUnavailable(
-            f"no answer from {KAGGLE_HOST}:443 within {timeout:g} s; this machine looks offline"
-        )
-    err = result[0]
-    if err is not None:
-        raise DownloadUnavailable(
-            f"cannot reach {KAGGLE_HOST}:443 within {timeout:g} s ({type(err).__name__}: {err}); "
-            "this machine looks offline"
-        )
+    reason = unreachable(KAGGLE_HOST, timeout)
+    if reason is not None:
+        raise DownloadUnavailable(reason)
 
 
 def _download(info: DatasetInfo, dest: Path, *, force: bool) -> Path:

@@ -14,6 +14,7 @@ import os
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from torch import nn
 
@@ -21,7 +22,7 @@ from fruitnet.models.registry import ModelSpec, register_model
 from fruitnet.models.weights import DOWNLOAD_SOCKET_TIMEOUT_S, WeightsUnavailableError
 from fruitnet.models.zoo import eval_resize, inspect_net, require_arch, unknown_arch
 from fruitnet.settings import OFFLINE_ENV, is_offline
-from fruitnet.sockets import socket_timeout
+from fruitnet.sockets import socket_timeout, unreachable
 
 FAMILY = "timm"
 INSTALL_HINT = "pip install 'fruitnet[timm]'"
@@ -121,10 +122,15 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+# Seconds the hub gets to answer a TCP connect before a download is tried: hf_hub_download
+# retries a failed request with backoff (about 25 s a file, two file names) before it gives up
+PROBE_TIMEOUT_S = 5.0
+
+
 def weights_file(arch: str) -> Path:
     """The cached weights file of ``arch`` (downloaded first when online), timm's file names in
     timm's order; offline or failing, WeightsUnavailableError names the file and where it goes."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo, _, revision = pretrained_cfg(arch)["hf_hub_id"].partition("@")
@@ -139,11 +145,19 @@ def weights_file(arch: str) -> Path:
         raise WeightsUnavailableError(
             _unavailable(arch, repo, cache_dir, f"not in the cache and {OFFLINE_ENV} is set")
         )
+    reason = unreachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co", PROBE_TIMEOUT_S)
+    if reason is not None:
+        raise WeightsUnavailableError(
+            _unavailable(arch, repo, cache_dir, f"not in the cache; {reason}")
+        )
     for name in WEIGHT_FILES:
         try:
             with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
                 return Path(hf_hub_download(repo, name, revision=revision or None,
                                             cache_dir=cache_dir))  # fmt: skip
+        except LocalEntryNotFoundError as exc:  # the hub went away after the probe
+            reason = f"the hub could not be reached ({str(exc)[:200]})"
+            raise WeightsUnavailableError(_unavailable(arch, repo, cache_dir, reason)) from exc
         except EntryNotFoundError:
             continue
         except Exception as exc:

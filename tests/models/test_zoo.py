@@ -290,6 +290,35 @@ def test_offline_pretrained_true_names_the_file_and_where_it_goes(tmp_path, monk
     assert net.weights_source is None
 
 
+def test_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch):
+    """Offline without FRUITNET_OFFLINE: a bounded probe answers before the hub client's retries
+    (about 25 s a file name, two names) would, and the message says why and what to do."""
+    import socket
+    import time
+
+    monkeypatch.delenv("FRUITNET_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    hosts = []
+
+    def no_network(address, *args, **kwargs):  # a machine without DNS (never the real network)
+        hosts.append(address[0])
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model("timm", num_classes=7, arch=TIMM_CONV, pretrained=True)
+    assert time.monotonic() - t0 < 5
+    text = str(err.value)
+    assert "cannot reach huggingface.co:443" in text and "looks offline" in text
+    assert "model.safetensors" in text and "model.pretrained=false" in text
+    assert hosts == ["huggingface.co"]
+    net = create_model("timm", num_classes=7, arch=TIMM_CONV, pretrained="auto")
+    assert net.weights_source is None
+
+
 # --- python -m fruitnet.models -------------------------------------------------------------------
 
 
