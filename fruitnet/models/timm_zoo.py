@@ -145,7 +145,9 @@ def weights_file(arch: str) -> Path:
         raise WeightsUnavailableError(
             _unavailable(arch, repo, cache_dir, f"not in the cache and {OFFLINE_ENV} is set")
         )
-    reason = unreachable(urlparse(constants.ENDPOINT).hostname or "huggingface.co", PROBE_TIMEOUT_S)
+    hub = urlparse(constants.ENDPOINT)  # HF_ENDPOINT: a mirror is probed, not huggingface.co
+    port = hub.port or (80 if hub.scheme == "http" else 443)
+    reason = unreachable(hub.hostname or "huggingface.co", PROBE_TIMEOUT_S, port=port)
     if reason is not None:
         raise WeightsUnavailableError(
             _unavailable(arch, repo, cache_dir, f"not in the cache; {reason}")

@@ -315,6 +315,12 @@ def test_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch):
     assert "cannot reach huggingface.co:443" in text and "looks offline" in text
     assert "model.safetensors" in text and "model.pretrained=false" in text
     assert hosts == ["huggingface.co"]
+    # a mirror (HF_ENDPOINT) is what gets probed
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hf-mirror.internal:8080")
+    with pytest.raises(WeightsUnavailableError, match=r"hf-mirror\.internal:8080"):
+        create_model("timm", num_classes=7, arch=TIMM_CONV, pretrained=True)
     net = create_model("timm", num_classes=7, arch=TIMM_CONV, pretrained="auto")
     assert net.weights_source is None
 
