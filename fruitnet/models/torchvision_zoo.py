@@ -90,7 +90,7 @@ def build_torchvision(
     for a few hundred steps their running statistics stay near the init, and in eval mode they
     predict one class (fruits-360-small, 8 epochs: 97 % train accuracy, 1 % test); with 0.1
     (torch's default) the running statistics follow the data (tested on the first BatchNorm) and
-    the same runs reach 84-92 % (bench/SEARCH.md)."""
+    the same runs reach 84-92 % (bench/SEARCH.md; the 1 % is that file at commit 5abd80d)."""
     arch = check_arch(arch)
     spec = resolve_torchvision(arch=arch, weights_name=weights_name)
     build = partial(get_model, arch, weights=None, **_aux(arch)[0], **options)
