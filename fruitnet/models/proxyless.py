@@ -149,6 +149,38 @@ class MBInvertedConvLayer(nn.Module):
         return self.point_linear(self.depth_conv(x))
 
 
+class FusedMBConvLayer(nn.Module):
+    """Fused-MBConv (EfficientNetV2, Tan & Le 2021): one full KxK conv expands (and strides), a
+    1x1 conv projects, linear. Not in the official ProxylessNAS format: an extension of it (same
+    keys as MBInvertedConvLayer), because a CPU runtime runs full convs at several times the
+    FLOP rate of depthwise ones and the MBConv family alone cannot reach ResNet accuracy."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        bn: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "name": "FusedMBConvLayer",
+            "in_channels": c_in,
+            "out_channels": c_out,
+            "kernel_size": kernel,
+            "stride": stride,
+            "expand_ratio": expand,
+        }
+        mid = round(c_in * expand)
+        self.expand_conv = conv_bn(c_in, mid, kernel, stride=stride, bn=bn)
+        self.point_linear = conv_bn(mid, c_out, 1, act=False, bn=bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_linear(self.expand_conv(x))
+
+
 class ZeroLayer(nn.Module):
     """The searched "no op" choice. Its block is an identity, so this is never called there."""
 
@@ -190,7 +222,8 @@ def build_op(op: Mapping[str, Any], bn: Mapping[str, float] | None = None) -> nn
     """``mobile_inverted_conv`` config -> module (checked by `check_arch` beforehand)."""
     if op["name"] == "ZeroLayer":
         return ZeroLayer()
-    return MBInvertedConvLayer(
+    layer = FusedMBConvLayer if op["name"] == "FusedMBConvLayer" else MBInvertedConvLayer
+    return layer(
         op["in_channels"],
         op["out_channels"],
         op["kernel_size"],

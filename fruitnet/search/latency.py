@@ -31,9 +31,9 @@ from torch import nn
 
 from fruitnet.files import write_json
 from fruitnet.models.proxyless import (
-    MBInvertedConvLayer,
     MobileInvertedResidualBlock,
     ProxylessNASNets,
+    build_op,
 )
 from fruitnet.runtime import cpu_name
 from fruitnet.search.runtimes import (
@@ -43,7 +43,8 @@ from fruitnet.search.runtimes import (
     time_module,
     time_whole_net,
 )
-from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet, parse_op
+from fruitnet.search.space import op_config, parse_op
+from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet
 
 __all__ = ["LatencyTable", "build_latency_table", "calibrate", "check_target", "time_module"]
 
@@ -135,10 +136,10 @@ class LatencyTable:
 
 
 def _block_key(info: dict[str, Any], name: str) -> str:
-    kernel, expand = parse_op(name)
+    op = parse_op(name)
     return (
-        f"mbconv-in:{info['side']}x{info['side']}x{info['in']}-out:{info['out']}"
-        f"-k{kernel}-e{expand}-s{info['stride']}-idskip:{int(info['residual'])}"
+        f"{op.kind.lower()}-in:{info['side']}x{info['side']}x{info['in']}-out:{info['out']}"
+        f"-k{op.kernel}-e{op.expand}-s{info['stride']}-idskip:{int(info['residual'])}"
     )
 
 
@@ -192,8 +193,7 @@ def _fixed_ms(net: SuperNet, timed: _CachedTimer, batch: int) -> dict[str, float
 
 def _candidate_block(info: dict[str, Any], name: str, bn: dict[str, float]) -> nn.Module:
     """One candidate as the finished net runs it: the op plus its identity shortcut, if any."""
-    kernel, expand = parse_op(name)
-    op = MBInvertedConvLayer(info["in"], info["out"], kernel, info["stride"], expand, bn=bn)
+    op = build_op(op_config(name, info["in"], info["out"], info["stride"]), bn)
     return MobileInvertedResidualBlock(op, nn.Identity() if info["residual"] else None)
 
 

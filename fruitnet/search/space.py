@@ -9,10 +9,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ZERO = "zero"
-_OP_RE = re.compile(r"^(\d+)x(\d+)_MBConv(\d+)$")
+_OP_RE = re.compile(r"^(\d+)x(\d+)_(MBConv|FusedMBConv)(\d+)$")
+# Candidate name -> the net config's layer name
+_LAYERS = {"MBConv": "MBInvertedConvLayer", "FusedMBConv": "FusedMBConvLayer"}
 ARCH_MODES = ("two", "full")
 
 
@@ -20,21 +22,38 @@ class SearchConfigError(ValueError):
     """A search space or search setting that cannot run (named key, one line)."""
 
 
-def parse_op(name: str, key: str = "search.candidates") -> tuple[int, int] | None:
-    """``"5x5_MBConv3"`` -> (kernel 5, expand 3); ``"zero"`` -> None; anything else: an error."""
+class Op(NamedTuple):
+    kind: str  # "MBConv" (depthwise) or "FusedMBConv" (full KxK conv)
+    kernel: int
+    expand: int
+
+
+def parse_op(name: str, key: str = "search.candidates") -> Op | None:
+    """``"5x5_MBConv3"`` -> Op("MBConv", 5, 3); ``"zero"`` -> None; anything else: an error."""
     if name == ZERO:
         return None
     m = _OP_RE.match(str(name))
-    if not m or m.group(1) != m.group(2) or int(m.group(1)) % 2 == 0 or int(m.group(3)) < 1:
+    if not m or m.group(1) != m.group(2) or int(m.group(1)) % 2 == 0 or int(m.group(4)) < 1:
         raise SearchConfigError(
-            f"{key}: unknown op {name!r}; valid: KxK_MBConvE with odd K and E >= 1 "
-            f"(e.g. 3x3_MBConv3, 7x7_MBConv6) or {ZERO!r}"
+            f"{key}: unknown op {name!r}; valid: KxK_MBConvE or KxK_FusedMBConvE with odd K and "
+            f"E >= 1 (e.g. 3x3_MBConv3, 7x7_MBConv6, 3x3_FusedMBConv4) or {ZERO!r}"
         )
-    return int(m.group(1)), int(m.group(3))
+    return Op(m.group(3), int(m.group(1)), int(m.group(4)))
 
 
-def op_name(kernel: int, expand: int) -> str:
-    return f"{kernel}x{kernel}_MBConv{expand}"
+def op_config(name: str, c_in: int, c_out: int, stride: int) -> dict[str, Any]:
+    """A candidate's ``mobile_inverted_conv`` entry of the net config (what `build_op` builds)."""
+    op = parse_op(name)
+    if op is None:
+        return {"name": "ZeroLayer", "stride": stride}
+    return {
+        "name": _LAYERS[op.kind],
+        "in_channels": c_in,
+        "out_channels": c_out,
+        "kernel_size": op.kernel,
+        "stride": stride,
+        "expand_ratio": op.expand,
+    }
 
 
 @dataclass(frozen=True)
@@ -46,7 +65,7 @@ class SearchSpace:
     widths: tuple[int, ...]  # per stage
     depths: tuple[int, ...]  # mixed edges per stage
     strides: tuple[int, ...]  # stride of each stage's first block
-    candidates: tuple[str, ...]  # MBConv ops; "zero" is added where allowed
+    candidates: tuple[str, ...]  # MBConv / FusedMBConv ops; "zero" is added where allowed
     zero: bool  # offer the zero op on the non-first blocks of a stage
     feature_mix: int  # channels of the 1x1 feature-mix conv (0 = none)
     bn_momentum: float = 0.1
@@ -74,7 +93,7 @@ class SearchSpace:
         candidates = tuple(str(c) for c in cfg.get("candidates") or ())
         ops = [parse_op(c) for c in candidates]
         if not any(op is not None for op in ops):
-            raise SearchConfigError("search.candidates needs at least one MBConv op")
+            raise SearchConfigError("search.candidates needs at least one op besides zero")
         zero = ZERO in candidates
         bn = cfg.get("bn") or {}
         return cls(
@@ -149,20 +168,8 @@ def arch_config(
         }
     ]
     for info, choice in zip(edge_info, choices, strict=True):
-        name = info["names"][choice]
         shortcut = identity_config(info["in"]) if info["residual"] else None
-        if name == ZERO:
-            op = {"name": "ZeroLayer", "stride": info["stride"]}
-        else:
-            kernel, expand = parse_op(name)
-            op = {
-                "name": "MBInvertedConvLayer",
-                "in_channels": info["in"],
-                "out_channels": info["out"],
-                "kernel_size": kernel,
-                "stride": info["stride"],
-                "expand_ratio": expand,
-            }
+        op = op_config(info["names"][choice], info["in"], info["out"], info["stride"])
         blocks.append(
             {
                 "name": "MobileInvertedResidualBlock",

@@ -1,4 +1,4 @@
-"""The ProxylessNAS supernet: mixed edges over MBConv candidates, binarized path sampling.
+"""The ProxylessNAS supernet: mixed edges over (Fused)MBConv candidates, binarized path sampling.
 
 Method (Cai, Zhu, Han, ICLR 2019; facts in ``shared/docs/proxyless_gpu.md`` section 6):
 
@@ -37,6 +37,7 @@ from fruitnet.models.proxyless import (
     MobileInvertedResidualBlock,
     ProxylessNASNets,
     ZeroLayer,
+    build_op,
     conv_bn,
     init_he_fout,
 )
@@ -46,7 +47,7 @@ from fruitnet.search.space import (
     SearchConfigError,
     SearchSpace,
     arch_config,
-    parse_op,
+    op_config,
 )
 
 
@@ -222,10 +223,7 @@ class SuperNet(nn.Module):
                         f"input size {input_size}; use fewer stride-2 stages"
                     )
                 names = list(space.candidates)
-                ops: list[nn.Module] = []
-                for name in names:
-                    kernel, expand = parse_op(name)
-                    ops.append(MBInvertedConvLayer(channels, width, kernel, s, expand, bn=bn))
+                ops = [build_op(op_config(n, channels, width, s), bn) for n in names]
                 residual = s == 1 and channels == width
                 if space.zero and cell > 0 and residual:
                     names.append(ZERO)

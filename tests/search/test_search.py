@@ -29,7 +29,7 @@ from fruitnet.search.latency import (
     latency_loss,
     time_module,
 )
-from fruitnet.search.space import SearchConfigError, SearchSpace, parse_op
+from fruitnet.search.space import Op, SearchConfigError, SearchSpace, parse_op
 from fruitnet.search.supernet import MixedEdge, SuperNet
 
 KEYS_FILE = REPO.parent / "shared" / "docs" / "proxyless_gpu_state_dict_keys.txt"
@@ -59,6 +59,26 @@ def mbconv_params(c_in: int, c_out: int, k: int, e: int) -> int:
     mid = c_in * e
     expand = (c_in * mid + 2 * mid) if e > 1 else 0
     return expand + (mid * k * k + 2 * mid) + (mid * c_out + 2 * c_out)
+
+
+def fused_params(c_in: int, c_out: int, k: int, e: int) -> int:
+    """Parameters of one FusedMBConvLayer: full KxK conv to c_in*e, then 1x1 projection."""
+    mid = c_in * e
+    return (c_in * mid * k * k + 2 * mid) + (mid * c_out + 2 * c_out)
+
+
+def load_path_weights(net: SuperNet, choices: list[int], exported: nn.Module) -> None:
+    """Copy the supernet's weights of one path into the net exported from it."""
+    own = net.state_dict()
+    mapped = {}
+    for key in exported.state_dict():
+        parts = key.split(".")
+        source = key
+        if parts[0] == "blocks" and int(parts[1]) > 0:
+            b, rest = int(parts[1]), ".".join(parts[3:])
+            source = f"blocks.{b}.mobile_inverted_conv.candidate_ops.{choices[b - 1]}.{rest}"
+        mapped[key] = own[source]
+    exported.load_state_dict(mapped)
 
 
 # --- the architecture gradient -----------------------------------------------------------------
@@ -217,20 +237,42 @@ def test_zero_only_on_non_first_blocks_and_export_round_trips(tmp_path):
     for e, c in zip(net.edges, choices, strict=True):
         e.active, e.involved = c, None
     exported = ProxylessNASNets(num_classes=5, input_size=32, arch=arch).eval()
-    own = {k: v for k, v in net.state_dict().items()}
-    mapped = {}
-    for k in exported.state_dict():
-        parts = k.split(".")
-        if parts[0] == "blocks" and int(parts[1]) > 0:
-            b = int(parts[1])
-            rest = ".".join(parts[3:])
-            k_net = f"blocks.{b}.mobile_inverted_conv.candidate_ops.{choices[b - 1]}.{rest}"
-        else:
-            k_net = k
-        mapped[k] = own[k_net]
-    exported.load_state_dict(mapped)
+    load_path_weights(net, choices, exported)
     with torch.no_grad():
         assert torch.allclose(net(x), exported(x), atol=1e-5)
+
+
+def test_fused_mbconv_candidates_export_build_and_match_the_supernet():
+    space = SearchSpace.from_config(
+        {
+            **TINY_SPACE,
+            "candidates": ["3x3_MBConv3", "3x3_FusedMBConv2", "5x5_FusedMBConv1", "zero"],
+        }
+    )
+    net = SuperNet(space, num_classes=5, input_size=32)
+    choices = [1, 2, 2, 1]  # fused 3x3 e2, fused 5x5 e1, fused 5x5 e1, fused 3x3 e2
+    arch = net.export_arch(choices)
+    layers = [b["mobile_inverted_conv"]["name"] for b in arch["blocks"][1:]]
+    assert layers == ["FusedMBConvLayer"] * 4
+    check_arch(arch, 32)
+    model = ProxylessNASNets(num_classes=5, input_size=32, arch=arch).eval()
+    expected = (
+        3 * 8 * 9 + 2 * 8 + mbconv_params(8, 8, 3, 1)  # stem, fixed first block
+        + fused_params(8, 8, 3, 2) + fused_params(8, 8, 5, 1)
+        + fused_params(8, 16, 5, 1) + fused_params(16, 16, 3, 2)
+        + 16 * 32 + 2 * 32 + 32 * 5 + 5  # feature mix, classifier
+    )  # fmt: skip
+    assert count_params(model)[0] == expected
+    # a full conv, not a depthwise one: groups 1 and the expansion's width
+    conv = model.blocks[1].mobile_inverted_conv.expand_conv.conv
+    assert conv.groups == 1 and conv.weight.shape == (16, 8, 3, 3)
+    net.eval()
+    for e, c in zip(net.edges, choices, strict=True):
+        e.active, e.involved = c, None
+    load_path_weights(net, choices, model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5)
 
 
 def test_official_config_round_trips_to_7119848_params(tmp_path):
@@ -327,7 +369,11 @@ def test_latency_table_cache_and_expected_latency(tmp_path):
 def test_unknown_op_name_is_one_clear_error():
     with pytest.raises(SearchConfigError, match=r"search.candidates: unknown op '9x9_Conv'"):
         SearchSpace.from_config({**TINY_SPACE, "candidates": ["3x3_MBConv3", "9x9_Conv"]})
-    assert parse_op("7x7_MBConv6") == (7, 6) and parse_op("zero") is None
+    for bad in ("3x3_Fused4", "4x4_FusedMBConv2", "3x5_MBConv3", "3x3_FusedMBConv0"):
+        with pytest.raises(SearchConfigError, match=f"unknown op '{bad}'"):
+            parse_op(bad)
+    assert parse_op("7x7_MBConv6") == Op("MBConv", 7, 6) and parse_op("zero") is None
+    assert parse_op("3x3_FusedMBConv4") == Op("FusedMBConv", 3, 4)
 
 
 def test_target_below_the_smallest_net_is_refused_with_the_number():
@@ -414,6 +460,8 @@ def test_tiny_search_writes_arch_json_that_trains(tmp_path, shared_data):
         "search.runtime=torch",
         "search.warmup_epochs=1",
         "search.arch_every=1",
+        # Fused-MBConv only: the arch then holds the layer that is fruitnet's own extension
+        "search.candidates=[3x3_FusedMBConv1,3x3_FusedMBConv2,zero]",
     ]
     fast = [f for f in FAST if "model_size" not in f]
     limits = [
@@ -426,6 +474,8 @@ def test_tiny_search_writes_arch_json_that_trains(tmp_path, shared_data):
     results = search_run(cfg)
     arch_path = Path(results["arch_path"])
     assert arch_path == run_dir / "arch.json" and arch_path.is_file()
+    layers = {b["mobile_inverted_conv"]["name"] for b in load_arch(arch_path)["blocks"][1:]}
+    assert "FusedMBConvLayer" in layers
     for name in ("search_report.md", "edge_probs.png", "results.json"):
         assert (run_dir / name).is_file(), name
     assert results["arch_steps"] == 3 and len(results["history"]) == 2

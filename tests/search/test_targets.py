@@ -26,7 +26,7 @@ SPACE = {
     "widths": [24, 40, 64],
     "depths": [2, 2, 2],
     "strides": [2, 2, 2],
-    "candidates": ["3x3_MBConv3", "5x5_MBConv6", "7x7_MBConv6", "zero"],
+    "candidates": ["3x3_MBConv3", "5x5_MBConv6", "7x7_MBConv6", "3x3_FusedMBConv2", "zero"],
     "feature_mix": 128,
 }
 
