@@ -118,7 +118,11 @@ def conv_bn(
     return nn.Sequential(layers)
 
 
-class MBInvertedConvLayer(nn.Module):
+class _ExpandProjectLayer(nn.Module):
+    """What the two block ops share: the constructor and their net-config entry."""
+
+    NAME = ""
+
     def __init__(
         self,
         c_in: int,
@@ -130,16 +134,41 @@ class MBInvertedConvLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.config = {
-            "name": "MBInvertedConvLayer",
+            "name": self.NAME,
             "in_channels": c_in,
             "out_channels": c_out,
             "kernel_size": kernel,
             "stride": stride,
             "expand_ratio": expand,
         }
-        mid = round(c_in * expand)
+        self.build(c_in, round(c_in * expand), c_out, kernel, stride, bn)
+
+    def build(
+        self,
+        c_in: int,
+        mid: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        bn: Mapping[str, float] | None,
+    ) -> None:
+        raise NotImplementedError
+
+
+class MBInvertedConvLayer(_ExpandProjectLayer):
+    NAME = "MBInvertedConvLayer"
+
+    def build(
+        self,
+        c_in: int,
+        mid: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        bn: Mapping[str, float] | None,
+    ) -> None:
         # With expand 1 the official layer has no inverted_bottleneck at all (so no keys).
-        self.inverted_bottleneck = conv_bn(c_in, mid, 1, bn=bn) if expand > 1 else None
+        self.inverted_bottleneck = conv_bn(c_in, mid, 1, bn=bn) if mid != c_in else None
         self.depth_conv = conv_bn(mid, mid, kernel, stride=stride, groups=mid, bn=bn)
         self.point_linear = conv_bn(mid, c_out, 1, act=False, bn=bn)
 
@@ -149,31 +178,23 @@ class MBInvertedConvLayer(nn.Module):
         return self.point_linear(self.depth_conv(x))
 
 
-class FusedMBConvLayer(nn.Module):
+class FusedMBConvLayer(_ExpandProjectLayer):
     """Fused-MBConv (EfficientNetV2, Tan & Le 2021): one full KxK conv expands (and strides), a
-    1x1 conv projects, linear. Not in the official ProxylessNAS format: an extension of it (same
-    keys as MBInvertedConvLayer), because a CPU runtime runs full convs at several times the
-    FLOP rate of depthwise ones and the MBConv family alone cannot reach ResNet accuracy."""
+    1x1 conv projects, linear. fruitnet's extension of the official format (same keys as
+    MBInvertedConvLayer): a search candidate kind for runtimes that run full convs at several
+    times the FLOP rate of depthwise ones."""
 
-    def __init__(
+    NAME = "FusedMBConvLayer"
+
+    def build(
         self,
         c_in: int,
+        mid: int,
         c_out: int,
         kernel: int,
         stride: int,
-        expand: int,
-        bn: Mapping[str, float] | None = None,
+        bn: Mapping[str, float] | None,
     ) -> None:
-        super().__init__()
-        self.config = {
-            "name": "FusedMBConvLayer",
-            "in_channels": c_in,
-            "out_channels": c_out,
-            "kernel_size": kernel,
-            "stride": stride,
-            "expand_ratio": expand,
-        }
-        mid = round(c_in * expand)
         self.expand_conv = conv_bn(c_in, mid, kernel, stride=stride, bn=bn)
         self.point_linear = conv_bn(mid, c_out, 1, act=False, bn=bn)
 
