@@ -36,6 +36,7 @@ ARCH_DIR = Path(__file__).resolve().parent / "arch"
 BUILTIN_ARCH = ARCH_DIR / "proxyless_gpu.json"
 BN_EPS = 1e-3  # the official config's value, not PyTorch's 1e-5: the weights were trained with it
 BN_MOMENTUM = 0.1
+BN = Mapping[str, float] | None  # a net config's ``bn`` entry
 
 
 @cache
@@ -143,30 +144,14 @@ class _ExpandProjectLayer(nn.Module):
         }
         self.build(c_in, round(c_in * expand), c_out, kernel, stride, bn)
 
-    def build(
-        self,
-        c_in: int,
-        mid: int,
-        c_out: int,
-        kernel: int,
-        stride: int,
-        bn: Mapping[str, float] | None,
-    ) -> None:
+    def build(self, c_in: int, mid: int, c_out: int, kernel: int, stride: int, bn: BN) -> None:
         raise NotImplementedError
 
 
 class MBInvertedConvLayer(_ExpandProjectLayer):
     NAME = "MBInvertedConvLayer"
 
-    def build(
-        self,
-        c_in: int,
-        mid: int,
-        c_out: int,
-        kernel: int,
-        stride: int,
-        bn: Mapping[str, float] | None,
-    ) -> None:
+    def build(self, c_in: int, mid: int, c_out: int, kernel: int, stride: int, bn: BN) -> None:
         # With expand 1 the official layer has no inverted_bottleneck at all (so no keys).
         self.inverted_bottleneck = conv_bn(c_in, mid, 1, bn=bn) if mid != c_in else None
         self.depth_conv = conv_bn(mid, mid, kernel, stride=stride, groups=mid, bn=bn)
@@ -186,15 +171,7 @@ class FusedMBConvLayer(_ExpandProjectLayer):
 
     NAME = "FusedMBConvLayer"
 
-    def build(
-        self,
-        c_in: int,
-        mid: int,
-        c_out: int,
-        kernel: int,
-        stride: int,
-        bn: Mapping[str, float] | None,
-    ) -> None:
+    def build(self, c_in: int, mid: int, c_out: int, kernel: int, stride: int, bn: BN) -> None:
         self.expand_conv = conv_bn(c_in, mid, kernel, stride=stride, bn=bn)
         self.point_linear = conv_bn(mid, c_out, 1, act=False, bn=bn)
 
