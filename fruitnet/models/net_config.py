@@ -4,8 +4,8 @@ and checking that a config can be built, with one clear line naming the offendin
 Net-config keys read here: ``bn`` {momentum, eps}; ``first_conv`` (a ConvLayer: in_channels,
 out_channels, kernel_size, stride); ``blocks``: a list of {``mobile_inverted_conv``: {name:
 MBInvertedConvLayer | FusedMBConvLayer (fruitnet's extension) | ZeroLayer, in_channels,
-out_channels, kernel_size, stride, expand_ratio}, ``shortcut``: {name: IdentityLayer, ...} | null}; ``feature_mix_layer`` (a 1x1 ConvLayer) and
-``classifier`` (a LinearLayer: in_features; out_features and dropout_rate are the run's own).
+out_channels, kernel_size, stride, expand_ratio}, ``shortcut``: {name: IdentityLayer, ...} |
+null}; ``feature_mix_layer`` (a 1x1 ConvLayer) and ``classifier`` (a LinearLayer: in_features; out_features and dropout_rate are the run's own).
 """
 
 from __future__ import annotations

@@ -214,3 +214,15 @@ def test_resume_runs_a_changed_command_again_in_a_clean_folder(tmp_path):
     again = runner("fake_train", ["model=cnn", "seed=0", "model.lr=2"], run_dir, {}, rerun=True)
     assert "bench_kept" not in again
     assert (tmp_path / "fruits_train_basic_cnn_seed0.superseded2").is_dir()
+
+
+def test_one_op_arch_puts_the_op_on_every_edge(tmp_path):
+    from fruitnet.models.net_config import load_arch
+
+    one_op = importlib.import_module("one_op_arch")
+    out = tmp_path / "arch.json"
+    one_op.main(["3x3_FusedMBConv2", str(out), "first_conv=16", "widths=[8,16,16,16,32]"])
+    arch = load_arch(out, 100)
+    ops = [b["mobile_inverted_conv"] for b in arch["blocks"][1:]]
+    assert len(ops) == 14 and {o["name"] for o in ops} == {"FusedMBConvLayer"}
+    assert {o["expand_ratio"] for o in ops} == {2} and arch["first_conv"]["out_channels"] == 16
