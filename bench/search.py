@@ -8,14 +8,15 @@ retrained with one recipe and budget over several seeds, and all of them timed w
     python bench/search.py --quick --out logs/SEARCH-quick.md
 
 Per dataset, each command in its own process (printed in the report, paths as placeholders):
-1. the search space's latency range in ONNX Runtime on this CPU (the cached, calibrated table the
-   search then reads) and every reference's latency place the targets (at most --targets: just
-   under each reference, the top of the space for references above it, one under them all);
-2. `python -m fruitnet.search search.targets=[...]` under a time cap (held-out split from the
+1. `python -m fruitnet.train` for every reference (random init), one recipe and the same epochs,
+   --seeds seeds each, --jobs at a time: first, since nothing the search decides changes them;
+2. the search space's latency range in ONNX Runtime on this CPU (the calibrated table the search
+   then reads, timed afresh) and every reference's latency place the targets (at most --targets:
+   just under each reference, the top of the space for references above it, one under them all);
+3. `python -m fruitnet.search search.targets=[...]` under a time cap (held-out split from the
    training split for the architecture steps and the choice of each net; the test split unused);
-3. `python -m fruitnet.train` for every searched net and every reference (random init), one
-   recipe and budget, --seeds seeds each, --jobs at a time;
-4. batch-1 fp32 latency of every trained net in ORT and in eager torch, interleaved rounds.
+4. the same retrain for every searched net;
+5. batch-1 fp32 latency of every trained net in ORT and in eager torch, interleaved rounds.
 Nothing is asserted: the report says PASS/MISS for each goal (bench/benchlib/search_goals.py).
 The commands are in bench/cases/search.yaml, the report's prose in bench/templates/search/.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script only")
     p.add_argument("--resume", action="store_true", help="with --work: keep every command that "
                    "finished there (its results and minutes) and run the rest")  # fmt: skip
+    p.add_argument("--references-only", action="store_true", help="retrain the references of "
+                   "every dataset and stop, no report: most of the bench's time, and independent "
+                   "of this machine's timings; then --resume runs the rest")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="retrains per net (--quick: 1)")
     p.add_argument("--targets", type=int, default=5, help="latency targets per search (at most)")
     p.add_argument("--search-epochs", type=int, default=60)
@@ -65,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of every retrain "
                    "(default: the dataset's retrain_epochs in bench/cases/search.yaml)")  # fmt: skip
-    p.add_argument(
-        "--retrain-minutes", type=float, default=6.0, help="trainer.max_time per retrain"
-    )
+    p.add_argument("--retrain-minutes", type=float, default=30.0, help="trainer.max_time per "
+                   "retrain: a safety cap; every net gets the same epochs, so a run resumed on "
+                   "another machine keeps comparable results")  # fmt: skip
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="retrains at a time, each with its share "
@@ -96,7 +101,7 @@ def references(args) -> list[dict]:
     return CASES["references"][: 2 if args.quick else None]
 
 
-def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
+def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     """One dataset: the search, the retrains, the measurements; its rows for the report."""
     data, size, name = ds["path"], int(ds["size"]), ds["name"]
     run.retrain_epochs = ds["retrain_epochs"]
@@ -106,11 +111,32 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
     common = [*ds["overrides"], *run.filled("common", data)]
     common += CASES["quick"] if args.quick else []
     classes = sum(1 for p in (Path(data) / ds["splits"][0]).iterdir() if p.is_dir())
+
+    def retrain(nets: list[dict], rerun: bool = False) -> None:
+        jobs = [
+            ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
+             args.work / f"{name}_train_{sr.slug(net['label'])}_seed{seed}", rerun)
+            for net in nets for seed in range(args.seeds)
+        ]  # fmt: skip
+        done = iter(run.many(jobs, places, args.jobs))
+        for net in nets:
+            net["runs"] = [next(done) for _ in range(args.seeds)]
+
+    # The references first: nothing the search decides changes them, so a run resumed later (in
+    # another session, or after a change to the search) keeps them
+    refs = [{**r, "searched": False, "target_ms": None} for r in references(args)]
+    retrain(refs)
+    if args.references_only:
+        return None
+    earlier = sr.finished(args.work / f"{name}_search") if args.resume else None
+    if earlier is None:
+        # The search about to run reads the table timed now, alone, on this machine: never one
+        # cached by an earlier session of this run folder (the cache is keyed by the CPU's name)
+        shutil.rmtree(args.cache_dir / "latency", ignore_errors=True)
     lo, hi = sr.space_range(classes, size, args.cache_dir)
     refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
                                      repeats=args.repeats)  # fmt: skip
     targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
-    earlier = sr.finished(args.work / f"{name}_search") if args.resume else None
     if earlier is not None:
         targets = list(earlier["targets_ms"])  # the searched nets' run folders follow them
     print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
@@ -119,23 +145,14 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict:
     search_args += CASES["quick_search"] if args.quick else []
     search_args.append(f"search.targets=[{','.join(f'{t:g}' for t in targets)}]")
     search = run("fruitnet.search", search_args, args.work / f"{name}_search", places)
-    nets = [
+    searched = [
         {"label": f"searched {p['target_ms']:g} ms", "searched": True, "target_ms": p["target_ms"],
          "overrides": [*CASES["searched"], f"model.arch={p['arch_path']}"], "pick": p}
         for p in (search.get("front") or []) if search.get("searched")
     ]  # fmt: skip
-    nets += [{**r, "searched": False, "target_ms": None} for r in references(args)]
     # a searched net's arch file is rewritten when its search ran again: its retrains follow
-    rerun_searched = not search.get("bench_kept", False)
-    jobs = [
-        ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
-         args.work / f"{name}_train_{sr.slug(net['label'])}_seed{seed}",
-         net["searched"] and rerun_searched)
-        for net in nets for seed in range(args.seeds)
-    ]  # fmt: skip
-    done = iter(run.many(jobs, places, args.jobs))
-    for net in nets:
-        net["runs"] = [next(done) for _ in range(args.seeds)]
+    retrain(searched, rerun=not search.get("bench_kept", False))
+    nets = searched + refs
     ckpts = [net["runs"][0]["best_ckpt"] for net in nets]
     times = sr.measure_latency(ckpts, size, rounds=args.rounds, repeats=args.repeats)
     rows = []
@@ -166,10 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for ds in args.datasets:
         res = bench_dataset(args, run, ds)
+        if res is None:
+            continue
         fig = front_figure(res["rows"], ds["folder"])
         res["png"] = save_figure(fig, out.with_name(f"search_front_{ds['name']}.png")).name
         results.append(res)
     total_min = (time.perf_counter() - t_start) / 60
+    if args.references_only:
+        print(f"references retrained in {args.work} ({total_min:.1f} min); the rest: "
+              f"python bench/search.py --work {args.work} --resume")  # fmt: skip
+        return
     write_text(out, render(args, results, run.commands, total_min))
     print(f"wrote {out} ({total_min:.1f} min)")
 

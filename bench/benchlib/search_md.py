@@ -75,7 +75,7 @@ def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
     )
     lines += [
         f"{res['classes']} classes, {ds['size']} px (`{' '.join(ds['overrides'])}`). Space: "
-        f"{lo:.2f} .. {hi:.2f} ms in {RUNTIME}; the references before training: "
+        f"{lo:.2f} .. {hi:.2f} ms in {RUNTIME}; the references before the search: "
         f"{', '.join(f'{k} {v:.2f}' for k, v in res['refs_ms'].items())} ms; "
         f"targets {', '.join(f'{t:g}' for t in res['targets'])} ms. One search: "
         f"{search['bench_wall_s'] / 60:.1f} min ({search.get('epochs')} epochs, {state}; "
