@@ -86,7 +86,8 @@ def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
         f"![{ds['folder']}: test accuracy against {RUNTIME} latency]({res['png']})",
         "",
     ]
-    verdicts = goals(rows, {**search, "minutes": search["bench_wall_s"] / 60}, ds["name"])
+    verdicts = goals(rows, {**search, "minutes": search["bench_wall_s"] / 60}, ds["name"],
+                     res["refs_ms"])  # fmt: skip
     lines += ["| goal | result | detail |", "| --- | --- | --- |"]
     lines += [f"| {g} | {v} | {d} |" for g, v, d in verdicts]
     return [*lines, ""], verdicts
