@@ -79,3 +79,14 @@ def trained_cnn(tmp_path_factory, data_dir) -> SimpleNamespace:
         ckpt=Path(results["best_ckpt"]),
         test_paths=dm.test_set.paths,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_data(data_dir) -> Path:
+    """`data_dir` with the `helpers.TINY_DATA` synthetic set written into it."""
+    from helpers import TINY_DATA
+
+    from fruitnet.data import generate_synthetic_fruits
+
+    generate_synthetic_fruits(data_dir / "synthetic", **TINY_DATA, seed=0)
+    return data_dir

@@ -30,6 +30,10 @@ FAST = [
 
 # The synthetic set and the recipe of conftest's `trained_cnn`: ~20 steps, so the model learns
 # something and its predictions are not all one class (which would make "same accuracy" weak).
+# 3 classes at 32 px: ~114 images (the `tiny_data` fixture writes them once per session)
+TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
+TINY = [*(f"data.{k}={v}" for k, v in TINY_DATA.items()), "data.batch_size=16"]
+ONE_EPOCH = [*TINY, "trainer.max_epochs=1"]
 TRAINED_DATA = ["data=synthetic", "data.train_per_class=20", "data.test_per_class=8"]
 TRAINED_RECIPE = [*TRAINED_DATA, "trainer.max_epochs=2", "data.batch_size=16"]
 
@@ -83,3 +87,18 @@ class Pace(L.Callback):
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         time.sleep(self.seconds)
+
+
+def jpeg_folders(root: Path, counts: dict[str, int], size: int = 32) -> Path:
+    """`{"Training/apple": 3, ...}` -> that many small JPEGs per folder (0 = an empty folder),
+    one colour per folder, shaded per image."""
+    from PIL import Image
+
+    colors = [(200, 30, 40), (240, 200, 40), (60, 160, 60), (50, 70, 170), (120, 40, 130)]
+    for i, (rel, n) in enumerate(sorted(counts.items())):
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            color = tuple((c + 13 * k) % 256 for c in colors[i % len(colors)])
+            Image.new("RGB", (size, size), color).save(d / f"{k}.jpg", quality=90)
+    return root

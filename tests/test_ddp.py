@@ -11,12 +11,10 @@ import importlib.util
 
 import pytest
 import torch
-from helpers import cli, compose_cfg, read_results
+from helpers import TINY_DATA, cli, compose_cfg, read_results
 from omegaconf import OmegaConf
 
 from fruitnet.module import ClassifierModule
-
-TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 
 
 @pytest.mark.parametrize(

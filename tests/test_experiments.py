@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import CONF_DIR, cli, compose_cfg, read_results, train
+from helpers import CONF_DIR, TINY_DATA, cli, compose_cfg, read_results, train
 
-from fruitnet.data import generate_synthetic_fruits
 from fruitnet.models import create_model
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
@@ -37,7 +36,6 @@ FAST_SET = {
 }
 
 # Tiny synthetic data: 3 classes, 32 px (norm=true runs still feed 224 px, by design).
-TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 TINY = [f"data.{k}={v}" for k, v in TINY_DATA.items()]
 # `++`: sets the Trainer argument whether or not trainer/default.yaml lists it
 FAST_DEV = "++trainer.fast_dev_run=true"
@@ -59,12 +57,6 @@ STUDY = {
 
 def _experiment_cfg(name: str, tmp_path: Path, extra: list[str] | None = None):
     return compose_cfg([f"experiment={name}", *(extra or [])], tmp_path)
-
-
-@pytest.fixture(scope="session")
-def tiny_data_dir(data_dir) -> Path:
-    generate_synthetic_fruits(data_dir / "synthetic", **TINY_DATA, seed=0)
-    return data_dir
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +158,7 @@ def test_experiment_data_group_can_be_overridden_on_the_command_line(tmp_path):
     "name",
     [n if n in FAST_SET else pytest.param(n, marks=pytest.mark.slow) for n in SINGLE],
 )
-def test_experiment_trains_with_fast_dev_run(name, tmp_path, tiny_data_dir, imagenet_weights):
+def test_experiment_trains_with_fast_dev_run(name, tmp_path, tiny_data, imagenet_weights):
     cfg = _experiment_cfg(name, tmp_path)
     model = cfg.model.name
     overrides = [
@@ -177,7 +169,7 @@ def test_experiment_trains_with_fast_dev_run(name, tmp_path, tiny_data_dir, imag
     ]
     if cfg.model.pretrained:
         overrides.append(f"model.weights={imagenet_weights(model)}")
-    results = train(overrides, tmp_path, tiny_data_dir)
+    results = train(overrides, tmp_path, tiny_data)
     assert results["model"] == model
     assert results["experiment"] == name
     assert results["norm"] is cfg.norm
@@ -194,17 +186,13 @@ def test_experiment_trains_with_fast_dev_run(name, tmp_path, tiny_data_dir, imag
     "stage1",
     ["study_cnn_stage1", pytest.param("chest_cnn_stage1", marks=pytest.mark.slow)],
 )
-def test_stage2_experiment_resumes_stage1_with_the_lower_lr(stage1, tmp_path, tiny_data_dir):
+def test_stage2_experiment_resumes_stage1_with_the_lower_lr(stage1, tmp_path, tiny_data):
     stage2 = stage1.replace("stage1", "stage2")
     runs = tmp_path / "runs"  # helpers put each run dir here; ckpt_path=last searches runs/*
     small = ["data=synthetic", *TINY, "data.batch_size=8", *LIMITS]
-    one = train(
-        [f"experiment={stage1}", *small, "trainer.max_epochs=1"], runs / "s1", tiny_data_dir
-    )
+    one = train([f"experiment={stage1}", *small, "trainer.max_epochs=1"], runs / "s1", tiny_data)
     assert one["lr"] == 0.01 and one["epochs"] == 1
-    two = train(
-        [f"experiment={stage2}", *small, "trainer.max_epochs=2"], runs / "s2", tiny_data_dir
-    )
+    two = train([f"experiment={stage2}", *small, "trainer.max_epochs=2"], runs / "s2", tiny_data)
     assert two["resumed_from"] == str(runs / "s1" / "checkpoints" / "last.ckpt")
     assert two["epochs"] == 2 and two["lr"] == 0.001
     last = runs / "s2" / "checkpoints" / "last.ckpt"
@@ -224,7 +212,7 @@ def _optuna_available() -> bool:
     not _optuna_available(),
     reason="hydra-optuna-sweeper not installed (pip install 'fruitnet[sweep]')",
 )
-def test_optuna_sweep_survives_a_failing_trial(tmp_path, tiny_data_dir):
+def test_optuna_sweep_survives_a_failing_trial(tmp_path, tiny_data):
     """Two trials; trial #0 points model.weights at a file that does not exist, so it fails.
     The sweep must record it as failed, run trial #1, and report trial #1 as the best."""
     weights = tmp_path / "weights"
@@ -240,7 +228,7 @@ def test_optuna_sweep_survives_a_failing_trial(tmp_path, tiny_data_dir):
         f"model.weights={weights}/w${{hydra:job.num}}.pt",
         "callbacks.model_size.latency=false", "callbacks.progress_bar=null",
         "callbacks.model_summary=null", "data.num_workers=0",
-        f"paths.data_dir={tiny_data_dir}", f"hydra.sweep.dir={sweep}",
+        f"paths.data_dir={tiny_data}", f"hydra.sweep.dir={sweep}",
         env={"FRUITNET_OFFLINE": "1"},
     )  # fmt: skip
     out = proc.stdout + proc.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, read_results
+from helpers import REPO, TINY_DATA, read_results
 
 from fruitnet.checkpoints import load_checkpoint, newest_checkpoint
 from fruitnet.data import generate_synthetic_fruits
@@ -29,7 +29,6 @@ from fruitnet.data import generate_synthetic_fruits
 # 3 classes x 30 training images, 10 % carved for val -> 81 training images; batch 4 with
 # drop_last -> 20 steps per epoch; a periodic checkpoint every 3 steps, so none falls on an epoch
 # boundary (steps 3, 6, ... 18, 21, ... 39).
-TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 STEPS_PER_EPOCH = 20
 MAX_EPOCHS = 2
 TINY = [

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_results, train
+from helpers import TINY_DATA, read_results, train
 
 from fruitnet.checkpoints import CheckpointError
-from fruitnet.data import generate_synthetic_fruits
 
-TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 BASE = [
     "data=synthetic",
     *(f"data.{k}={v}" for k, v in TINY_DATA.items()),
@@ -31,12 +29,6 @@ BASE = [
     "scheduler=none",
 ]
 LR_WARNING = "using the configured optimizer.lr"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(data_dir) -> Path:
-    generate_synthetic_fruits(data_dir / "synthetic", **TINY_DATA, seed=0)
-    return data_dir
 
 
 @pytest.fixture(scope="module")

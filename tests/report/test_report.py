@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import REPO, TRAINED_DATA, cli, compose_cfg, read_results, train
+from helpers import REPO, TINY_DATA, TRAINED_DATA, cli, compose_cfg, read_results, train
 
 from fruitnet import report
 from fruitnet.data import generate_synthetic_fruits
@@ -20,7 +20,6 @@ from fruitnet.data import generate_synthetic_fruits
 NOTEBOOK = REPO / "notebooks" / "compare_models.ipynb"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Tiny synthetic data (3 classes, 32 px): the runs here are about the report, not the models
-TINY_DATA = {"num_classes": 3, "train_per_class": 30, "test_per_class": 8, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
