@@ -127,6 +127,11 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     refs = [{**r, "searched": False, "target_ms": None} for r in references(args)]
     retrain(refs)
     if args.references_only:
+        for net in refs:
+            acc, std = spread([100 * float(r["test_acc"]) for r in net["runs"]])
+            minutes = sum(r["bench_wall_s"] for r in net["runs"]) / 60 / len(net["runs"])
+            print(f"{name}: {net['label']}: test acc {acc:.2f} ± {std:.2f} % over "
+                  f"{len(net['runs'])} seeds, {minutes:.1f} min a retrain", flush=True)  # fmt: skip
         return None
     earlier = sr.finished(args.work / f"{name}_search") if args.resume else None
     if earlier is None:

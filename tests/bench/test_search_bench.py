@@ -168,6 +168,10 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not out.exists() and "--resume" in proc.stdout
     assert proc.stdout.count("fruitnet.train model=") == 4 and "fruitnet.search" not in proc.stdout
+    assert (
+        len(re.findall(r"(fruits|chest): basic CNN: test acc \d+\.\d\d ± 0\.00 %", proc.stdout))
+        == 2
+    )
     proc = cli(*common, "--resume", cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("finished in an earlier run, kept") == 4, proc.stdout
