@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -281,16 +282,21 @@ def _calibration_key(table: LatencyTable, paths: list[list[int]], net: SuperNet)
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``(scale, offset)`` of measured on table ms; scale 1 when it is undefined."""
-    xs = torch.tensor([p[0] for p in points], dtype=torch.float64)
-    ys = torch.tensor([p[1] for p in points], dtype=torch.float64)
-    if float(xs.max() - xs.min()) > 1e-9:
-        scale = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
-    else:
-        scale = 1.0
+    """Theil-Sen ``(scale, offset)`` of measured on table ms: the median of the pairwise slopes,
+    then the median offset; scale 1 when it is undefined. Least squares let one net timed in a
+    slow spell of a shared CPU (1.5-1.7x its own time a minute later) tilt the line: on a 2-core
+    EPYC it put the space's fastest net at 0.75 ms where it measured 0.26-0.36 ms, under the
+    basic CNN, and so hid from the search the very corner the first goal needs."""
+    slopes = sorted(
+        (y2 - y1) / (x2 - x1)
+        for i, (x1, y1) in enumerate(points)
+        for x2, y2 in points[i + 1 :]
+        if abs(x2 - x1) > 1e-9
+    )
+    scale = statistics.median(slopes) if slopes else 1.0
     if not math.isfinite(scale) or scale <= 0:
         scale = 1.0
-    return scale, float(ys.mean() - scale * xs.mean())
+    return scale, statistics.median(y - scale * x for x, y in points)
 
 
 def _rescaled(
@@ -329,7 +335,7 @@ def calibrate(
     blocks, so the sum of the table is not the whole network's time. A few paths (the fastest,
     the slowest and ``n_random`` random ones) are built as finished nets
     (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole in the table's runtime and
-    batch (in ORT: the export's model, uint8 in); the least-squares line through (table sum,
+    batch (in ORT: the export's model, uint8 in); the Theil-Sen line through (table sum,
     measured) rescales every entry and adds the offset as a fixed ``overhead`` entry. Then
     ``n_check`` other random nets, not in the fit, are predicted and measured: the largest miss in
     % is ``meta["calibration"]["error_pct"]`` (a warning above `CALIBRATION_WARN_PCT`). The raw

@@ -23,6 +23,7 @@ from fruitnet.models.proxyless import (
 )
 from fruitnet.search.latency import (
     LatencyTable,
+    _fit_line,
     build_latency_table,
     calibrate,
     check_target,
@@ -361,6 +362,19 @@ def test_latency_table_cache_and_expected_latency(tmp_path):
     assert cal.min_ms() == pytest.approx(fit["scale"] * table.min_ms() + fit["offset_ms"])
     again = calibrate(table, net, device=torch.device("cpu"), cache_dir=tmp_path)
     assert again.meta["calibration"]["points"] == fit["points"]
+
+
+def test_calibration_line_holds_against_one_net_timed_in_a_slow_spell():
+    """The (table, measured) ms a 2-core EPYC gave the default space's calibration nets: the
+    fourth net read 1.7x its table sum, then 1.1x a minute later. Least squares put the space's
+    fastest net at 0.75 ms (it measured 0.26-0.36 ms, under the basic CNN's 0.69)."""
+    points = [(0.3554, 0.3552), (4.4217, 4.4691), (1.8080, 1.9350), (2.4089, 4.0754)]
+    scale, offset = _fit_line(points)
+    assert scale == pytest.approx(1.05, abs=0.01)
+    assert scale * 0.3554 + offset == pytest.approx(0.36, abs=0.03)
+    # on points on a line it is that line; one point or one x: scale 1 through their median
+    assert _fit_line([(1.0, 2.5), (2.0, 4.5), (4.0, 8.5)]) == pytest.approx((2.0, 0.5))
+    assert _fit_line([(1.0, 1.0), (1.0, 2.0)]) == pytest.approx((1.0, 0.5))
 
 
 # --- bad input ---------------------------------------------------------------------------------
