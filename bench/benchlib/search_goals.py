@@ -13,6 +13,11 @@ from typing import Any
 WITHIN = 0.15
 # (4): one supernet training and all its targets, for fruits-360-small
 SEARCH_MAX_MIN = 30.0
+# (2): accuracies closer than this are equal. Each seed's accuracy is a float32 count of correct
+# images over the test split, so equal counts can differ in the 8th digit: on fruits-360-small a
+# searched net and ResNet-18 both got 3385 of 3 x 1140 images right and read 0.98976606 against
+# 0.98976608. One image in one seed moves the mean by 1 / (3 x the split), far above this.
+TIE = 1e-6
 
 
 def spread(accs: Sequence[float]) -> tuple[float, float]:
@@ -40,7 +45,7 @@ def dominates(rows: Sequence[dict[str, Any]], ref: dict[str, Any]) -> tuple[bool
     if not fast:
         return False, f"no searched net at or under {ref['ort_ms']:.2f} ms"
     best = max(fast, key=lambda r: r["acc_mean"])
-    ok = best["acc_mean"] >= ref["acc_mean"]
+    ok = best["acc_mean"] >= ref["acc_mean"] - TIE
     return ok, f"best searched net under it: {best['label']}, {pct(best)} vs {pct(ref)}"
 
 

@@ -87,6 +87,19 @@ def test_goals_pass_when_the_front_dominates():
     assert len(out) == 1 + 1 + 2 + 1 + 1  # (1), (2) overall, (2) per reference, (3), (4)
 
 
+def test_goal_2_counts_equal_accuracies_as_equal():
+    """The same 3385 of 3 x 1140 test images right, read back from float32 metrics; one image
+    fewer is a MISS."""
+    resnet = [0.9868420958518982, 0.9903509020805359, 0.99210524559021]
+    searched = [0.99210524559021, 0.9912280440330505, 0.9859648942947388]
+    ref = _row("ResNet-18", sum(resnet) / 3, 0.002, 5.57)
+    assert sum(searched) / 3 < ref["acc_mean"]
+    tie = _row("searched 5.99 ms", sum(searched) / 3, 0.003, 3.71, target=5.99)
+    assert search_goals.dominates([tie, ref], ref)[0]
+    one_less = {**tie, "acc_mean": tie["acc_mean"] - 1 / (3 * 1140)}
+    assert not search_goals.dominates([one_less, ref], ref)[0]
+
+
 def test_goals_miss_on_spread_latency_and_time():
     rows = [
         # more accurate on the mean, but the seeds' spreads overlap: not beyond the spread
