@@ -284,15 +284,15 @@ def _calibration_key(table: LatencyTable, paths: list[list[int]], net: SuperNet)
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
     """Theil-Sen ``(scale, offset)`` of measured on table ms: the median of the pairwise slopes,
     then the median offset; scale 1 when it is undefined. Least squares let one net timed in a
-    slow spell of a shared CPU (1.5-1.7x its own time a minute later) tilt the line: on a 2-core
-    EPYC it put the space's fastest net at 0.75 ms where it measured 0.26-0.36 ms, under the
+    slow spell of a shared CPU (1.7x its table sum) tilt the line: on a 2-core EPYC it put the
+    space's fastest net at 0.75 ms where the same calibration measured it at 0.36 ms, under the
     basic CNN, and so hid from the search the very corner the first goal needs."""
-    slopes = sorted(
+    slopes = [
         (y2 - y1) / (x2 - x1)
         for i, (x1, y1) in enumerate(points)
         for x2, y2 in points[i + 1 :]
         if abs(x2 - x1) > 1e-9
-    )
+    ]
     scale = statistics.median(slopes) if slopes else 1.0
     if not math.isfinite(scale) or scale <= 0:
         scale = 1.0

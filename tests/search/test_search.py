@@ -97,8 +97,8 @@ def test_latency_table_cache_and_expected_latency(tmp_path):
 
 def test_calibration_line_holds_against_one_net_timed_in_a_slow_spell():
     """The (table, measured) ms a 2-core EPYC gave the default space's calibration nets: the
-    fourth net read 1.7x its table sum, then 1.1x a minute later. Least squares put the space's
-    fastest net at 0.75 ms (it measured 0.26-0.36 ms, under the basic CNN's 0.69)."""
+    fourth net read 1.7x its table sum. Least squares put the space's fastest net at 0.75 ms (the
+    same calibration measured it at 0.36 ms, under the basic CNN's 0.69)."""
     points = [(0.3554, 0.3552), (4.4217, 4.4691), (1.8080, 1.9350), (2.4089, 4.0754)]
     scale, offset = _fit_line(points)
     assert scale == pytest.approx(1.05, abs=0.01)
