@@ -17,6 +17,8 @@ Per dataset, each command in its own process (printed in the report, paths as pl
    training split for the architecture steps and the choice of each net; the test split unused);
 4. the same retrain for every searched net;
 5. batch-1 fp32 latency of every trained net in ORT and in eager torch, interleaved rounds.
+Every finished command leaves a record in bench/runs/search/ (committed): `--resume` keeps it
+when the run folder is gone, so a run longer than a session goes on in the next one.
 Nothing is asserted: the report says PASS/MISS for each goal (bench/benchlib/search_goals.py).
 The commands are in bench/cases/search.yaml, the report's prose in bench/templates/search/.
 """
@@ -56,8 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--only or --quick <work>/SEARCH.md: a partial run never replaces it)")  # fmt: skip
     p.add_argument("--work", default=None, help="run folder (default logs/bench_search/<time>)")
     p.add_argument("--quick", action="store_true", help="tiny settings: checks the script only")
-    p.add_argument("--resume", action="store_true", help="with --work: keep every command that "
-                   "finished there (its results and minutes) and run the rest")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="keep every command that finished in "
+                   "--work or has a record in --record (its results and minutes), run the rest")  # fmt: skip
+    p.add_argument("--record", default=None, help="each finished command's record, what --resume "
+                   "keeps when the run folder is gone (default bench/runs/search; --quick: "
+                   "<work>/records)")  # fmt: skip
     p.add_argument("--references-only", action="store_true", help="retrain the references of "
                    "every dataset and stop, no report: most of the bench's time, and independent "
                    "of this machine's timings; then --resume runs the rest")  # fmt: skip
@@ -87,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     args.work = Path(args.work or REPO / "logs" / "bench_search" / stamp).resolve()
     args.cache_dir = Path(args.cache_dir or args.work / "cache").resolve()
+    default_record = args.work / "records" if args.quick else REPO / "bench" / "runs" / "search"
+    args.record = Path(args.record or default_record).resolve()
     partial = args.quick or (args.only and set(args.only) != set(NAMES))
     args.out = args.out or (args.work / "SEARCH.md" if partial else REPO / "bench" / "SEARCH.md")
     args.datasets = [d for d in CASES["datasets"] if not args.only or d["name"] in args.only]
@@ -133,7 +140,7 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
             print(f"{name}: {net['label']}: test acc {acc:.2f} ± {std:.2f} % over "
                   f"{len(net['runs'])} seeds, {minutes:.1f} min a retrain", flush=True)  # fmt: skip
         return None
-    earlier = sr.finished(args.work / f"{name}_search") if args.resume else None
+    earlier = run.earlier(args.work / f"{name}_search", places) if args.resume else None
     if earlier is None:
         # The search about to run reads the table timed now, alone, on this machine: never one
         # cached by an earlier session of this run folder (the cache is keyed by the CPU's name)
@@ -158,15 +165,15 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     # a searched net's arch file is rewritten when its search ran again: its retrains follow
     retrain(searched, rerun=not search.get("bench_kept", False))
     nets = searched + refs
-    ckpts = [net["runs"][0]["best_ckpt"] for net in nets]
-    times = sr.measure_latency(ckpts, size, rounds=args.rounds, repeats=args.repeats)
+    specs = [net["runs"][0]["net"] for net in nets]
+    times = sr.measure_latency(specs, size, rounds=args.rounds, repeats=args.repeats)
     rows = []
-    for net, ckpt, t in zip(nets, ckpts, times, strict=True):
+    for net, spec, t in zip(nets, specs, times, strict=True):
         acc_mean, acc_std = spread([float(r["test_acc"]) for r in net["runs"]])
         rows.append({
             "label": net["label"], "searched": net["searched"], "target_ms": net["target_ms"],
             "acc_mean": acc_mean, "acc_std": acc_std, "seeds": len(net["runs"]), **t,
-            **sr.profile(ckpt, size),
+            **sr.profile(spec, size),
             "search_ms": (net.get("pick") or {}).get("measured_latency_ms"),
             "search_min": search["bench_wall_s"] / 60 if net["searched"] else None,
             "retrain_min": sum(r["bench_wall_s"] for r in net["runs"]) / 60 / len(net["runs"]),

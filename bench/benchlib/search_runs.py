@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from benchlib import search_record
 from benchlib.common import REPO, run_logged, shown_args
 
 RUNTIME = "onnxruntime"  # the search's default runtime (conf/search/default.yaml `runtime`)
@@ -38,6 +39,8 @@ class Runner:
 
     def __init__(self, args, cases: dict[str, Any]) -> None:
         self.args, self.work, self.cases = args, args.work, cases
+        # where each finished command's record goes (None: no records)
+        self.record = getattr(args, "record", None)
         self.env = dict(os.environ)
         if args.threads:
             self.env["OMP_NUM_THREADS"] = str(args.threads)
@@ -59,15 +62,22 @@ class Runner:
     def __call__(self, module: str, overrides: list[str], run_dir: Path, places,
                  env: dict[str, str] | None = None, rerun: bool = False) -> dict:  # fmt: skip
         """`python -m <module> <overrides> hydra.run.dir=<run_dir>`: its results.json, with the
-        command's wall seconds as ``bench_wall_s``. With --resume, a run that finished there with
-        the same overrides is kept (``bench_kept``) unless ``rerun`` (its inputs changed)."""
+        command's wall seconds as ``bench_wall_s`` and its net's hyper-parameters as ``net``.
+        With --resume, a run that finished there with the same overrides, or whose record says
+        so, is kept (``bench_kept``) unless ``rerun`` (its inputs changed)."""
         cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
         self.commands.append("python " + shlex.join(shown_args(cmd[1:], places)))
+        shown = shown_args(overrides, places)
         log_file = run_dir.with_name(f"{run_dir.name}.log")
-        done = finished(run_dir, overrides) if self.args.resume and not rerun else None
-        if done is not None:
-            print(f"= {run_dir.name}: finished in an earlier run, kept", flush=True)
-            return done | {"bench_kept": True}
+        if self.args.resume and not rerun:
+            done = finished(run_dir, overrides)
+            if done is not None:
+                print(f"= {run_dir.name}: finished in an earlier run, kept", flush=True)
+                return self.recorded(run_dir, shown, done, places) | {"bench_kept": True}
+            done = self.from_record(run_dir, shown, places)
+            if done is not None:
+                print(f"= {run_dir.name}: kept from its record", flush=True)
+                return done | {"bench_kept": True}
         if run_dir.exists():
             # an earlier, changed command's folder: kept aside, so that its checkpoints do not
             # mix with this run's (Lightning would write beside them)
@@ -76,12 +86,32 @@ class Runner:
                 k += 1
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded{k}"))
         print(f"+ {shlex.join(cmd)}", flush=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
         code, wall = run_logged(cmd, log_file, env or self.env)
         if code != 0:
             tail = log_file.read_text()[-4000:]
             raise SystemExit(f"command failed ({code}): {shlex.join(cmd)}\n{tail}")
         run_dir.with_name(f"{run_dir.name}.wall").write_text(f"{wall:.3f}\n")
-        return json.loads((run_dir / "results.json").read_text()) | {"bench_wall_s": wall}
+        results = json.loads((run_dir / "results.json").read_text()) | {"bench_wall_s": wall}
+        return self.recorded(run_dir, shown, results, places)
+
+    def recorded(self, run_dir: Path, shown: list[str], results: dict, places) -> dict:
+        """``results`` with its net's hyper-parameters, written to the record."""
+        results = results | {"net": search_record.net_spec(results)}
+        if self.record is not None:
+            search_record.save(self.record, run_dir, shown, results, places)
+        return results
+
+    def from_record(self, run_dir: Path, shown: list[str] | None, places) -> dict | None:
+        """The results of ``run_dir``'s command from its record (``shown`` None: any command)."""
+        if self.record is None:
+            return None
+        return search_record.load(self.record, run_dir, shown, places)
+
+    def earlier(self, run_dir: Path, places) -> dict | None:
+        """What an earlier run of ``run_dir`` left (its folder, else its record), whatever its
+        command: where a resumed search takes its targets from."""
+        return finished(run_dir) or self.from_record(run_dir, None, places)
 
     def many(self, jobs: list[tuple[str, list[str], Path, bool]], places,
              parallel: int) -> list[dict]:  # fmt: skip
@@ -171,30 +201,24 @@ def place_targets(lo: float, hi: float, count: int, refs_ms: list[float]) -> lis
     return sorted({math.ceil(t * 100) / 100 for t in kept})
 
 
-def whole_net(ckpt: str):
-    """A trained checkpoint's network and its preprocessing (the export's input pipeline)."""
-    from fruitnet.checkpoints import load_network
-
-    classifier = load_network(ckpt)
-    return classifier.net.eval(), classifier.hparams["preprocess"]
-
-
-def profile(ckpt: str, size: int) -> dict[str, Any]:
-    """Params, fp32 MiB and FLOPs of a trained net (batch 1, at the run's input size)."""
+def profile(spec: dict[str, Any], size: int) -> dict[str, Any]:
+    """Params, fp32 MiB and FLOPs of a trained net (batch 1, at the run's input size), rebuilt from
+    its hyper-parameters (`search_record.net_spec`)."""
     from fruitnet.models.profile import count_params, flops, fp32_mib
 
-    net, _ = whole_net(ckpt)
+    net, _ = search_record.build_net(spec)
     return {"params": count_params(net)[0], "fp32_mib": fp32_mib(net), "flops": flops(net, size)}
 
 
-def measure_latency(ckpts: list[str], size: int, *, rounds: int, repeats: int) -> list[dict]:
-    """Batch-1 fp32 latency of each net in ORT (as exported: uint8 in, BN folded) and in eager
-    torch (channels_last), torch's thread count: the median of ``repeats`` runs, the best of
-    ``rounds`` rounds interleaved over all nets (a round slowed by another process reads high,
+def measure_latency(specs: list[dict], size: int, *, rounds: int, repeats: int) -> list[dict]:
+    """Batch-1 fp32 latency of each trained net (rebuilt from its hyper-parameters with fresh
+    weights: the time does not depend on them) in ORT (as exported: uint8 in, BN folded) and in
+    eager torch (channels_last), torch's thread count: the median of ``repeats`` runs, the best
+    of ``rounds`` rounds interleaved over all nets (a round slowed by another process reads high,
     never low)."""
     from fruitnet.search.runtimes import time_whole_net
 
-    nets = [whole_net(c) for c in ckpts]
+    nets = [search_record.build_net(s) for s in specs]
     times: list[dict[str, list[float]]] = [{RUNTIME: [], "torch": []} for _ in nets]
     for _ in range(rounds):
         for (net, pre), seen in zip(nets, times, strict=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import shutil
 import sys
 
 import pytest
@@ -164,7 +165,7 @@ def test_a_partial_run_never_writes_bench_search_md(tmp_path):
     assert quick.seeds == 1 and quick.out == tmp_path / "SEARCH.md"
 
 
-@pytest.mark.slow  # a whole benchmark in subprocesses: about 3 min on a 2-core CPU
+@pytest.mark.slow  # a whole benchmark in subprocesses: about 4 min on a 2-core CPU
 def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     out = tmp_path / "SEARCH.md"
     common = [
@@ -211,6 +212,19 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     assert "search.targets=[" in text
     for root in (str(tmp_path), "/work/", "/tmp/", "/home/"):
         assert root not in text
+    # Every command left a record (no machine path in it): the next session, whose run folder is
+    # gone, keeps them all and only times and reports
+    records = sorted((tmp_path / "run" / "records").glob("*.json"))
+    assert len(records) == 10, records  # per dataset 2 references, 1 search, 2 searched nets
+    assert not any(str(tmp_path) in r.read_text() for r in records)
+    for item in (tmp_path / "run").iterdir():
+        if item.name not in ("records", "cache"):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    proc = cli(*common, "--resume", "--only=fruits", cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("kept from its record") == 5
+    assert not re.search(r"^\+ ", proc.stdout, re.M)  # no command ran
+    assert "## fruits-360-small" in out.read_text()
 
 
 def test_every_reference_builds_from_its_overrides_as_train_builds_it():
@@ -255,6 +269,59 @@ def test_resume_runs_a_changed_command_again_in_a_clean_folder(tmp_path):
     again = runner("fake_train", ["model=cnn", "seed=0", "model.lr=2"], run_dir, {}, rerun=True)
     assert "bench_kept" not in again
     assert (tmp_path / "fruits_train_basic_cnn_seed0.superseded2").is_dir()
+
+
+def test_a_record_keeps_a_finished_run_whose_folder_is_gone(tmp_path):
+    """The bench outlives its run folder: a finished command's record (no machine path) keeps it
+    on --resume in another folder, on another machine; the search's arch files come back for
+    its retrains; a changed command runs again."""
+    import json
+    import shutil
+    import types
+    from pathlib import Path
+
+    # a stand-in for fruitnet.search: results.json naming its arch file, which it writes
+    (tmp_path / "fake_search.py").write_text(
+        "import json, sys, pathlib\n"
+        "args = sys.argv[1:]\n"
+        "run = pathlib.Path(args[-1].split('=', 1)[1])\n"
+        "(run / '.hydra').mkdir(parents=True)\n"
+        "(run / '.hydra' / 'overrides.yaml').write_text(''.join(f'- {a}\\n' for a in args[:-1]))\n"
+        "(run / 'arch_1ms.json').write_text('{\"blocks\": 3}')\n"
+        "(run / 'results.json').write_text(json.dumps({'overrides': args[:-1], 'acc': 0.5,\n"
+        "    'front': [{'arch_path': str(run / 'arch_1ms.json')}]}))\n"
+    )
+    record = tmp_path / "record"
+
+    def runner(work: Path):
+        args = types.SimpleNamespace(work=work, threads=1, resume=True, record=record)
+        r = runs.Runner(args, {})
+        r.env["PYTHONPATH"] = str(tmp_path)
+        return r
+
+    work, data = tmp_path / "a" / "work", tmp_path / "a" / "data"
+    places = {work: "<run>", data: "<data>"}
+    first = runner(work)("fake_search", ["x=1", f"data.root={data}"], work / "s", places)
+    assert "bench_kept" not in first and first["net"] is None  # no checkpoint: no net to rebuild
+    text = (record / "s.json").read_text()
+    assert str(tmp_path) not in text, text
+    assert json.loads(text)["overrides"] == ["x=1", "data.root=<data>"]
+    shutil.rmtree(tmp_path / "a")  # the next session: a new machine, other folders
+    work, data = tmp_path / "b" / "work", tmp_path / "b" / "data"
+    places = {work: "<run>", data: "<data>"}
+    again = runner(work)
+    kept = again("fake_search", ["x=1", f"data.root={data}"], work / "s", places)
+    assert kept["bench_kept"] and kept["acc"] == 0.5
+    assert kept["bench_wall_s"] == pytest.approx(first["bench_wall_s"], abs=1e-3)
+    arch = Path(kept["front"][0]["arch_path"])
+    assert arch == work / "s" / "arch_1ms.json" and arch.read_text() == '{"blocks": 3}'
+    assert kept["overrides"] == ["x=1", f"data.root={data}"]
+    assert again.earlier(work / "t", places) is None
+    assert again.earlier(work / "s", places)["acc"] == 0.5
+    # another command in that run folder is not the recorded one: it runs (and is recorded)
+    changed = again("fake_search", ["x=2", f"data.root={data}"], work / "s", places)
+    assert "bench_kept" not in changed and changed["overrides"][0] == "x=2"
+    assert json.loads((record / "s.json").read_text())["overrides"][0] == "x=2"
 
 
 def test_one_op_arch_puts_the_op_on_every_edge(tmp_path):
