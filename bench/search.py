@@ -141,16 +141,23 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
                   f"{len(net['runs'])} seeds, {minutes:.1f} min a retrain", flush=True)  # fmt: skip
         return None
     earlier = run.earlier(args.work / f"{name}_search", places) if args.resume else None
-    if earlier is None:
-        # The search about to run reads the table timed now, alone, on this machine: never one
-        # cached by an earlier session of this run folder (the cache is keyed by the CPU's name)
-        shutil.rmtree(args.cache_dir / "latency", ignore_errors=True)
-    lo, hi = sr.space_range(classes, size, args.cache_dir)
-    refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
-                                     repeats=args.repeats)  # fmt: skip
-    targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
-    if earlier is not None:
-        targets = list(earlier["targets_ms"])  # the searched nets' run folders follow them
+    placed = run.placement(name) if earlier is not None else None
+    if placed is None:
+        if earlier is None:
+            # The search about to run reads the table timed now, alone, on this machine: never
+            # one cached by an earlier session of this run folder (the cache is keyed by the CPU)
+            shutil.rmtree(args.cache_dir / "latency", ignore_errors=True)
+        lo, hi = sr.space_range(classes, size, args.cache_dir)
+        refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
+                                         repeats=args.repeats)  # fmt: skip
+        targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
+        if earlier is not None:
+            targets = list(earlier["targets_ms"])  # the searched nets' run folders follow them
+        else:
+            # what goal (3) scales the targets by: the references' latency when they were placed
+            run.save_placement(name, {"range": [lo, hi], "refs_ms": refs_ms, "targets": targets})
+    else:
+        (lo, hi), refs_ms, targets = placed["range"], placed["refs_ms"], placed["targets"]
     print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
           f"targets {targets}", flush=True)  # fmt: skip
     search_args = [*common, *run.filled("search", data)]

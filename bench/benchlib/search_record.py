@@ -20,6 +20,11 @@ from typing import Any
 
 from benchlib.common import Places, shown_value
 
+# Left out of a record: per-class tables (95 x 95 on fruits) and the search's step-by-step
+# history and tables, which the report does not read (they stay in the run folder's results.json)
+BULKY = ("class_names", "per_class_acc", "confusion_matrix", "history", "latency_table", "probs",
+         "edge_names")  # fmt: skip
+
 # What rebuilds a trained net without its weights (`fruitnet.checkpoints.network_from_checkpoint`)
 NET_KEYS = (
     "model_name",
@@ -90,7 +95,8 @@ def save(record_dir: Path, run_dir: Path, shown: list[str], results: dict[str, A
          places: Places) -> None:  # fmt: skip
     """Writes the record of a finished command (``results`` with ``bench_wall_s`` and ``net``)."""
     files = {p.name: p.read_text() for p in sorted(run_dir.glob("arch_*.json"))}
-    body = {k: v for k, v in results.items() if k not in ("bench_wall_s", "bench_kept", "net")}
+    skip = ("bench_wall_s", "bench_kept", "net", *BULKY)
+    body = {k: v for k, v in results.items() if k not in skip}
     record = {
         "overrides": shown,
         "wall_s": round(float(results["bench_wall_s"]), 3),

@@ -108,6 +108,18 @@ class Runner:
             return None
         return search_record.load(self.record, run_dir, shown, places)
 
+    def placement(self, dataset: str) -> dict | None:
+        """Where ``dataset``'s targets were placed before its search ran (the space's range, the
+        references' latency then, the targets), as `save_placement` wrote it; None: not known."""
+        file = None if self.record is None else self.record / f"{dataset}_placement.json"
+        return json.loads(file.read_text()) if file is not None and file.is_file() else None
+
+    def save_placement(self, dataset: str, placed: dict) -> None:
+        if self.record is not None:
+            self.record.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(placed, indent=1) + "\n"
+            (self.record / f"{dataset}_placement.json").write_text(text)
+
     def earlier(self, run_dir: Path, places) -> dict | None:
         """What an earlier run of ``run_dir`` left (its folder, else its record), whatever its
         command: where a resumed search takes its targets from."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
 import shutil
 import sys
@@ -215,8 +216,11 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     # Every command left a record (no machine path in it): the next session, whose run folder is
     # gone, keeps them all and only times and reports
     records = sorted((tmp_path / "run" / "records").glob("*.json"))
-    assert len(records) == 10, records  # per dataset 2 references, 1 search, 2 searched nets
     assert not any(str(tmp_path) in r.read_text() for r in records)
+    placed = [r for r in records if r.name.endswith("_placement.json")]
+    assert len(placed) == 2 and len(records) == 12, records  # per dataset 2 references,
+    # 1 search, 2 searched nets, and where the search's targets were placed
+    refs_ms = json.loads(placed[1].read_text())["refs_ms"]  # fruits
     for item in (tmp_path / "run").iterdir():
         if item.name not in ("records", "cache"):
             shutil.rmtree(item) if item.is_dir() else item.unlink()
@@ -224,7 +228,10 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("kept from its record") == 5
     assert not re.search(r"^\+ ", proc.stdout, re.M)  # no command ran
-    assert "## fruits-360-small" in out.read_text()
+    text = out.read_text()
+    assert "## fruits-360-small" in text
+    # the references' latency when the targets were placed, not a new timing (goal 3 scales by it)
+    assert all(f"{label} {ms:.2f}" in text for label, ms in refs_ms.items()), (refs_ms, text)
 
 
 def test_every_reference_builds_from_its_overrides_as_train_builds_it():
