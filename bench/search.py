@@ -37,6 +37,7 @@ import torch
 # The bench's code (benchlib) lives beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import search_record  # noqa: E402
 from benchlib import search_runs as sr  # noqa: E402
 from benchlib.common import REPO, find_dataset, load_cases  # noqa: E402
 from benchlib.search_goals import spread  # noqa: E402
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--record", default=None, help="each finished command's record, what --resume "
                    "keeps when the run folder is gone (default bench/runs/search; --quick: "
                    "<work>/records)")  # fmt: skip
+    p.add_argument("--status", action="store_true", help="print what the records hold (each "
+                   "search, each net's seeds and accuracy) and stop")  # fmt: skip
     p.add_argument("--references-only", action="store_true", help="retrain the references of "
                    "every dataset and stop, no report: most of the bench's time, and independent "
                    "of this machine's timings; then --resume runs the rest")  # fmt: skip
@@ -94,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cache_dir = Path(args.cache_dir or args.work / "cache").resolve()
     default_record = args.work / "records" if args.quick else REPO / "bench" / "runs" / "search"
     args.record = Path(args.record or default_record).resolve()
+    if args.status:
+        return args
     partial = args.quick or (args.only and set(args.only) != set(NAMES))
     args.out = args.out or (args.work / "SEARCH.md" if partial else REPO / "bench" / "SEARCH.md")
     args.datasets = [d for d in CASES["datasets"] if not args.only or d["name"] in args.only]
@@ -192,6 +197,9 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.status:
+        print("\n".join(search_record.status(args.record)) or f"no records in {args.record}")
+        return
     t_start = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.threads:

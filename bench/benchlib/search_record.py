@@ -124,3 +124,28 @@ def load(record_dir: Path, run_dir: Path, shown: list[str] | None,
         (run_dir / name).write_text(text)
     results = _mapped(record["results"], lambda v: _restored(v, places))
     return results | {"bench_wall_s": float(record["wall_s"]), "net": record.get("net")}
+
+
+def status(record_dir: Path) -> list[str]:
+    """One line per search and per retrained net of the records: what is done, for `--status`."""
+    from statistics import mean, pstdev
+
+    lines, nets = [], {}
+    for file in sorted(record_dir.glob("*.json")):
+        stem = file.stem
+        if stem.endswith("_placement"):
+            continue
+        record = json.loads(file.read_text())
+        res, minutes = record["results"], record["wall_s"] / 60
+        if stem.endswith("_search"):
+            steps = res.get("arch_steps")
+            lines.append(f"{stem}: targets {res.get('targets_ms')} ms, {steps} architecture "
+                         f"steps, {minutes:.1f} min")  # fmt: skip
+        elif "_seed" in stem:
+            nets.setdefault(stem.rsplit("_seed", 1)[0], []).append((res["test_acc"], minutes))
+    for net, runs in nets.items():
+        accs = [100 * float(a) for a, _ in runs]
+        std = pstdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"{net}: test acc {mean(accs):.2f} ± {std:.2f} % over {len(runs)} seed(s), "
+                     f"{mean(m for _, m in runs):.1f} min a retrain")  # fmt: skip
+    return lines

@@ -331,6 +331,21 @@ def test_a_record_keeps_a_finished_run_whose_folder_is_gone(tmp_path):
     assert json.loads((record / "s.json").read_text())["overrides"][0] == "x=2"
 
 
+def test_status_lists_each_search_and_net_from_the_records(tmp_path):
+    record = importlib.import_module("benchlib.search_record")
+    for seed, acc in enumerate([0.5, 0.7]):
+        run_dir = tmp_path / "work" / f"chest_train_basic_cnn_seed{seed}"
+        record.save(
+            tmp_path / "r", run_dir, ["model=cnn"], {"test_acc": acc, "bench_wall_s": 60}, {}
+        )
+    search = {"targets_ms": [0.5, 1.0], "arch_steps": 12, "bench_wall_s": 300}
+    record.save(tmp_path / "r", tmp_path / "work" / "chest_search", [], search, {})
+    assert record.status(tmp_path / "r") == [
+        "chest_search: targets [0.5, 1.0] ms, 12 architecture steps, 5.0 min",
+        "chest_train_basic_cnn: test acc 60.00 ± 10.00 % over 2 seed(s), 1.0 min a retrain",
+    ]
+
+
 def test_one_op_arch_puts_the_op_on_every_edge(tmp_path):
     from fruitnet.models.net_config import load_arch
 
