@@ -143,18 +143,24 @@ def _hparams_and_state(ckpt: dict[str, Any], path: str | Path) -> tuple[dict, di
     return hparams, state
 
 
+def untrained_network(hparams: dict[str, Any]) -> nn.Module:
+    """The network a checkpoint's hparams describe, through the model registry, with fresh
+    weights (no pretrained download): what its state_dict fills, or what a benchmark times."""
+    return create_model(
+        hparams["model_name"],
+        num_classes=int(hparams["num_classes"]),
+        input_size=int(hparams["input_size"]),
+        **(hparams.get("model_kwargs") or {}),
+    )
+
+
 def network_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Classifier:
     """The plain network of a checkpoint dict, from its hparams through the model registry, with
     the ``net.*`` weights of its state_dict; in eval mode."""
     hparams, state = _hparams_and_state(ckpt, path)
     try:
-        # No pretrained download and no weights file: the state_dict below sets every weight.
-        net = create_model(
-            hparams["model_name"],
-            num_classes=int(hparams["num_classes"]),
-            input_size=int(hparams["input_size"]),
-            **(hparams.get("model_kwargs") or {}),
-        )
+        # The state_dict below sets every weight.
+        net = untrained_network(hparams)
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"cannot rebuild the model of {path}: {err}") from err
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

@@ -25,7 +25,7 @@ from benchlib.common import Places, shown_value
 BULKY = ("class_names", "per_class_acc", "confusion_matrix", "history", "latency_table", "probs",
          "edge_names")  # fmt: skip
 
-# What rebuilds a trained net without its weights (`fruitnet.checkpoints.network_from_checkpoint`)
+# What rebuilds a trained net without its weights (`fruitnet.checkpoints.untrained_network`)
 NET_KEYS = (
     "model_name",
     "num_classes",
@@ -49,20 +49,11 @@ def net_spec(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def build_net(spec: dict[str, Any]):
-    """(network in eval mode with fresh weights, its preprocessing) from a `net_spec`."""
-    import torch
+    """(network in eval mode with fresh weights, its preprocessing) from a `net_spec`, as
+    `fruitnet.checkpoints.load_network` builds it (memory format included)."""
+    from fruitnet.checkpoints import Classifier, untrained_network
 
-    from fruitnet.models import create_model
-
-    net = create_model(
-        spec["model_name"],
-        num_classes=int(spec["num_classes"]),
-        input_size=int(spec["input_size"]),
-        **(spec.get("model_kwargs") or {}),
-    ).eval()
-    if spec.get("channels_last", True):
-        net = net.to(memory_format=torch.channels_last)
-    return net, spec["preprocess"]
+    return Classifier(untrained_network(spec), spec).eval().net, spec["preprocess"]
 
 
 def _mapped(obj: Any, text: Callable[[str], str]) -> Any:

@@ -346,6 +346,18 @@ def test_status_lists_each_search_and_net_from_the_records(tmp_path):
     ]
 
 
+def test_a_recorded_net_rebuilds_for_timing_as_a_checkpoint_loads():
+    import torch
+
+    record = importlib.import_module("benchlib.search_record")
+    spec = {"model_name": "cnn", "num_classes": 3, "input_size": 32, "model_kwargs": {},
+            "preprocess": {"resize": 32, "crop": None, "size": 32}}  # fmt: skip
+    net, pre = record.build_net(spec)
+    assert not net.training and pre == spec["preprocess"]  # timed as exported: eval mode
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_one_op_arch_puts_the_op_on_every_edge(tmp_path):
     from fruitnet.models.net_config import load_arch
 
