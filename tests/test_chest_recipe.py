@@ -18,6 +18,7 @@ from fruitnet.checkpoints import classifier_from_checkpoint, decide, load_checkp
 from fruitnet.data.scan import carve_val
 from fruitnet.data.transforms import BatchTransform
 from fruitnet.explain.focus import ShareRecorder, central_share, centre_weights, summarize
+from fruitnet.models import create_model
 from fruitnet.module import choose_threshold
 from fruitnet.predict import Predictor
 from fruitnet.record import VAL_GAP_WARN, val_check
@@ -318,6 +319,7 @@ def test_best_chest_composes_and_trains_with_fast_dev_run(tmp_path):
     cfg = compose_cfg(["experiment=best_chest"], tmp_path)
     assert cfg.hydra.runtime.choices.data == "chest_xray"
     assert cfg.model.threshold == "auto" and cfg.data.augment == "crop_erase"
+    assert cfg.model.kwargs.input_norm == "none"  # tried, not kept (bench/RECIPES.md)
     assert cfg.hydra.runtime.choices.scheduler == "onecycle_time"
     results = train(["experiment=best_chest", *BINARY, "++trainer.fast_dev_run=true"], tmp_path)
     assert results["experiment"] == "best_chest" and results["task"] == "binary"
@@ -405,3 +407,32 @@ def test_crop_fraction_travels_into_predict_and_eval(cropped_run, tmp_path):
     results = run_eval(compose_cfg(overrides, tmp_path, cropped_run.data_dir, "eval"))
     assert results["preprocess"]["crop"] == 32 and results["norm"] is False
     assert results["confusion_matrix"] == multiclass_confusion_matrix(preds, labels, 2).tolist()
+
+
+def test_per_image_standardisation_travels_into_predict_and_export(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx]/[dev] extras")
+    from fruitnet.export import load_exported
+    from fruitnet.export import run as run_export
+
+    overrides = [*BINARY, "model.kwargs.input_norm=image", "trainer.max_epochs=1",
+                 "trainer.precision=32"]  # fmt: skip
+    results = train(overrides, tmp_path / "run", tmp_path / "data")
+    net = load_network(Path(results["best_ckpt"]))
+    assert isinstance(net.net.features.standardize, torch.nn.GroupNorm)
+    cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}", "format=onnx", "latency_iters=2",
+                       f"output={tmp_path / 'chest.onnx'}"], tmp_path / "export", None, "export")  # fmt: skip
+    record = run_export(cfg)
+    assert record["max_abs_diff_probs"] <= 1e-4
+    # The exported graph standardises too: a darker, flatter copy of a film gets the same logits,
+    # which the same weights without the standardisation do not give it
+    film = torch.randint(40, 200, (1, 3, 32, 32), dtype=torch.uint8)
+    flat = ((film.float() - 40) * 0.5 + 20).round().to(torch.uint8)
+    pair = torch.cat([film, flat])
+    logits, _ = load_exported(Path(record["output"]), "onnx")(pair.numpy())
+    plain = create_model("cnn", num_classes=2, input_size=32).eval()
+    plain.load_state_dict(net.net.state_dict())
+    with torch.no_grad():
+        raw = plain(pair.float() / 255)
+    moved = float((raw[0] - raw[1]).abs().max())
+    assert float(abs(logits[0] - logits[1]).max()) < 0.1 * moved
+    assert torch.allclose(torch.from_numpy(logits[:1]), net(pair[:1].float() / 255), atol=1e-4)

@@ -15,6 +15,10 @@ MIN_INPUT_SIZE = 16  # four 2x2 pools need at least 16 px to leave a 1x1 map
 # flatten: the study's head, one weight per position (it can learn "a marker in that corner");
 # avg: global average pooling first, position-free and 128 wide whatever the input size
 HEADS = ("flatten", "avg")
+# none: the study's input; image: each image standardised to zero mean, unit variance over its
+# pixels, inside the net, so eval, predict, export and Grad-CAM get it from the checkpoint. X-rays
+# from another site differ in exposure and contrast; the net then sees the same range from both.
+INPUT_NORMS = ("none", "image")
 
 
 def feature_side(input_size: int) -> int:
@@ -42,6 +46,8 @@ class BasicCNN(nn.Module):
     (3,060,071 at 100x100 with 131 classes). ``head="avg"`` puts a global average pool before
     the flatten (module ``classifier.pool``): fc1 then reads 128 features at any input size
     (260,071 parameters with 131 classes), and no weight is tied to a place in the image.
+    ``input_norm="image"`` standardises each image over all its pixels first (module
+    ``features.standardize``, no weights), so brightness and contrast no longer carry a signal.
     """
 
     def __init__(
@@ -51,14 +57,22 @@ class BasicCNN(nn.Module):
         input_size: int = 100,
         dropout: float = 0.5,
         head: str = "flatten",
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         if input_size < MIN_INPUT_SIZE:
             raise ValueError(f"cnn needs input_size >= {MIN_INPUT_SIZE}, got {input_size}")
         if head not in HEADS:
             raise ValueError(f"cnn head must be one of {HEADS}, got {head!r}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"cnn input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         self.input_size = input_size
-        self.features = nn.Sequential(OrderedDict(_conv_stages()))
+        layers = _conv_stages()
+        if input_norm == "image":
+            # One group, no affine: per-sample standardisation over (C, H, W), weight-free, so
+            # the state_dict keys stay the study's
+            layers.insert(0, ("standardize", nn.GroupNorm(1, CHANNELS[0], affine=False)))
+        self.features = nn.Sequential(OrderedDict(layers))
         pool = {"pool": nn.AdaptiveAvgPool2d(1)} if head == "avg" else {}
         flat = CHANNELS[-1] * (1 if pool else feature_side(input_size) ** 2)
         self.classifier = nn.Sequential(

@@ -4,6 +4,7 @@ PASS / MISS, and `--only KEY` rewriting only that comparison's section of RECIPE
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from helpers import REPO
@@ -84,13 +85,17 @@ def test_merge_adds_a_new_section_and_keeps_every_other_line():
     assert "fruits table, kept byte for byte | 1 |" in again
 
 
-def test_chest_recipe_comparison_runs_three_recipes_against_a_goal():
+def test_chest_recipe_comparison_runs_four_recipes_against_a_goal():
     comp = next(c for c in plan.COMPARISONS if c.key == "chest_recipe")
     assert [r.label for _, r in comp.roles()] == [
         "chest_cnn_stage1+2",
         "best_cnn_budget",
+        "best_chest input_norm=image",
         "best_chest",
     ]
+    # The variant row is best_chest with the one override it was tried with
+    variant = next(r for _, r in comp.roles() if r.label == "best_chest input_norm=image")
+    assert variant.overrides == ("model.kwargs.input_norm=image",)
     assert dict(comp.goal) == {"test_acc": 0.90, "test_specificity": 0.85}
     assert comp.explain and comp.binary and comp.data == "folder"
 
@@ -116,3 +121,32 @@ def test_the_table_has_the_share_and_threshold_columns():
     table = recipes_md.comparison_table(comp, {"study": [run], "other1": [run], "best": [run]})
     assert "central share" in table.splitlines()[0] and "threshold" in table.splitlines()[0]
     assert table.count("| 0.41 | 0.62 |") == 3
+
+
+def test_chest_heldout_copy_keeps_each_patient_on_one_side(tmp_path):
+    """bench/chest_heldout.py: the films variants are chosen on are other patients' films."""
+    heldout = importlib.import_module("chest_heldout")
+    src = tmp_path / "src"
+    names = {
+        "NORMAL": [f"IM-{k:04d}-0001.jpeg" for k in range(10)] + ["IM-0001-0002.jpeg"],
+        "PNEUMONIA": [f"person{k}_bacteria_{j}.jpeg" for k in range(10) for j in (1, 2)],
+    }
+    for cls, files in names.items():
+        for split, listed in (("train", files), ("val", files[:2])):
+            (src / split / cls).mkdir(parents=True)
+            for name in listed:
+                (src / split / cls / (f"val_{name}" if split == "val" else name)).write_bytes(b"x")
+    counts = heldout.build_copy(src, tmp_path / "copy")
+    kept = {p.name for p in (tmp_path / "copy" / "train").rglob("*.jpeg")}
+    held = {p.name for p in (tmp_path / "copy" / "test").rglob("*.jpeg")}
+    assert not kept & held and len(kept) + len(held) == 31 + 4
+    assert counts == {"train": len(kept), "test": len(held)}
+    assert {f"val_{n}" for n in names["NORMAL"][:2] + names["PNEUMONIA"][:2]} <= held
+
+    def patients(files: set[str]) -> set[str]:
+        return {re.search(heldout.PATIENT, n).group(0) for n in files if not n.startswith("val_")}
+
+    assert not patients(kept) & patients(held) and "IM-0001" in patients(kept | held)
+    # About a fifth of train/ per class went to the held-out side, and the links resolve
+    assert 4 <= len([n for n in held if n.startswith("person")]) <= 6
+    assert all(p.resolve().is_file() for p in (tmp_path / "copy").rglob("*.jpeg"))

@@ -208,6 +208,26 @@ def test_cnn_avg_head_pools_before_fc1_at_any_input_size():
         create_model("cnn", num_classes=2, head="max")
 
 
+def test_cnn_input_norm_image_ignores_exposure_and_contrast():
+    torch.manual_seed(0)
+    plain = create_model("cnn", num_classes=2, input_size=64).eval()
+    norm = create_model("cnn", num_classes=2, input_size=64, input_norm="image").eval()
+    # Weight-free: the same keys, so the study's weights load into it
+    assert norm.state_dict().keys() == plain.state_dict().keys()
+    norm.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        # Per image: one image's exposure does not change another's logits
+        darker = torch.cat([x[:1] * 0.5 + 0.1, x[1:] * 2.0 - 0.3])
+        assert torch.allclose(norm(darker), norm(x), atol=1e-4)
+        assert not torch.allclose(plain(darker), plain(x), atol=1e-2)
+        # It is the plain net on each image standardised over all its pixels
+        z = (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), correction=0, keepdim=True)
+        assert torch.allclose(norm(x), plain(z), atol=1e-4)
+    with pytest.raises(ValueError, match="input_norm"):
+        create_model("cnn", num_classes=2, input_norm="batch")
+
+
 def test_cnn_computes_the_study_order_conv_relu_pool():
     model = create_model("cnn", num_classes=7).eval()
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
