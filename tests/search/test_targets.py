@@ -44,14 +44,22 @@ def test_a_whole_nets_predicted_latency_agrees_with_its_measured_time(runtime, t
     op sums against ORT nets, or the other way round) misses by several times that, so the check
     still fails when the runtimes are mixed up or the calibration is not applied.
     One thread (ORT follows torch's count), so another job on the box cannot stall a thread
-    barrier: with two, single timings here read 5x high."""
+    barrier: with two, single timings here read 5x high.
+    A slow spell can hit the table's timing as well as the net's (a fresh clone's `make test`
+    read +88 and +93 % once: the table timed while the other test worker trained, the nets after),
+    so a miss is tried again from a fresh table, up to three times; a mixed-up runtime or a
+    missing calibration misses every time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    tries = []
     try:
-        misses = _prediction_misses(runtime, tmp_path)
+        for attempt in range(3):
+            tries.append(_prediction_misses(runtime, tmp_path / f"try{attempt}"))
+            if min(abs(m) for m in tries[-1]) <= 25.0:
+                break
     finally:
         torch.set_num_threads(threads)
-    assert min(abs(m) for m in misses) <= 25.0, misses
+    assert min(abs(m) for m in tries[-1]) <= 25.0, tries
 
 
 def _prediction_misses(runtime: str, tmp_path) -> list[float]:
