@@ -26,20 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.common import REPO, find_dataset  # noqa: E402
+from benchlib.recipe_plan import COMMON as BENCH_COMMON  # noqa: E402
 
 from fruitnet.data.scan import carve_val  # noqa: E402
 
 PATIENT = r"person\d+|(NORMAL2-)?IM-\d+"
 CLASSES = ("NORMAL", "PNEUMONIA")
-COMMON = [
-    "experiment=best_chest",
-    "data=folder",
-    "data.cache=true",
-    "callbacks.progress_bar=null",
-    "callbacks.model_size.latency=false",
-    "callbacks.model_summary=null",
-    "trainer.max_time=00:00:01:00",
-]
+# The recipes bench's chest comparison: its common overrides, data=folder, 60 s of fit
+COMMON = ["experiment=best_chest", "data=folder", *BENCH_COMMON, "trainer.max_time=00:00:01:00"]
 
 
 def build_copy(source: Path, out: Path) -> dict[str, int]:
@@ -73,8 +67,11 @@ def run_seed(root: Path, work: Path, seed: int, overrides: list[str]) -> dict:
     cmd += [*overrides, f"hydra.run.dir={run_dir}", f"paths.cache_dir={work / 'cache'}"]
     print("+", shlex.join(cmd), flush=True)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"seed {seed} failed (exit {code}); its log: {log_path}")
     return json.loads((run_dir / "results.json").read_text())
 
 
