@@ -12,7 +12,7 @@ FORMAT ?= onnx
 DATASET ?= fruits
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint format clean data sizes bench bench-recipes bench-search search search-retrain report eval predict export notebook
+.PHONY: help install train test test-slow test-all lint format clean data sizes bench bench-recipes bench-search bench-latency search search-retrain report eval predict export notebook
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -v venv='$(VENV)' 'BEGIN {FS = ":.*## "} \
@@ -61,6 +61,9 @@ bench-recipes: $(STAMP) ## study recipes vs best_* at equal wall-clock, sample s
 
 bench-search: $(STAMP) ## one multi-target search per dataset vs 8 references, 3 seeds, ORT latency -> bench/SEARCH.md
 	$(PY) bench/search.py $(ARGS)
+
+bench-latency: $(STAMP) ## the search's latency table against whole nets, one-by-one vs interleaved timing -> bench/LATENCY.md
+	$(PY) bench/latency.py $(ARGS)
 
 # One run folder for both steps of search-retrain (expanded once)
 ifndef SEARCH_DIR

@@ -175,7 +175,8 @@ def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]
     cached, calibrated table the search builds, so the search finds it in the cache."""
     from omegaconf import OmegaConf
 
-    from fruitnet.search.latency import build_latency_table, calibrate
+    from fruitnet.search.calibration import calibrate
+    from fruitnet.search.latency import build_latency_table
     from fruitnet.search.supernet import SearchSpace, SuperNet
 
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "search" / "default.yaml"))

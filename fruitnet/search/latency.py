@@ -1,26 +1,29 @@
 """Latency lookup table: every candidate op timed at its input shape on the run's own device.
 
-Each entry is the median forward time (ms per batch of ``search.latency_batch`` images, eval mode,
-no grad, after warm-up runs; the best of ``search.latency_rounds`` such medians) of one block exactly as the finished network runs it: the MBConv op
+Each entry is the forward time (ms per batch of ``search.latency_batch`` images, eval mode, no
+grad, after warm-up runs) of one block exactly as the finished network runs it: the MBConv op
 plus its identity shortcut when the block has one. The fixed layers (stem, first block, and the
 head = feature mix + pool + classifier) are timed the same way, so the predicted latency of a
 path is ``sum(fixed) + sum(LUT of the chosen ops)`` and the expected latency of the supernet is
 ``sum(fixed) + sum_edges sum_ops p_op * LUT(op)`` (the zero op costs 0: its block is an identity).
+All entries are timed in one `fruitnet.timing.interleaved_ms` call: ``search.latency_rounds``
+rounds over every entry, each reading against the fixed first block (the median of
+``search.latency_repeats`` runs per reading), so that a slow spell of a shared machine does not
+bend the entries it meets (bench/LATENCY.md). `fruitnet.search.calibration` then fits the table
+to whole nets.
 
-Entries are cached as JSON under ``<paths.cache_dir>/latency/<device>.json`` keyed by device name
-(CPU model and thread count, or the GPU name), dtype, memory format, batch and shape, so a second
-search on the same machine reuses them.
+Entries are cached as JSON under ``<paths.cache_dir>/latency/<device>-v2.json`` keyed by device
+name (CPU model and thread count, or the GPU name), dtype, memory format, batch and shape, so a
+second search on the same machine reuses them.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
 import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,27 +36,23 @@ from torch import nn
 from fruitnet.files import write_json
 from fruitnet.models.proxyless import (
     MobileInvertedResidualBlock,
-    ProxylessNASNets,
     build_op,
 )
 from fruitnet.runtime import cpu_name
 from fruitnet.search.runtimes import (
-    make_timer,
     runtime_device,
     runtime_tag,
     time_module,
-    time_whole_net,
+    time_modules,
 )
 from fruitnet.search.space import op_config, parse_op
 from fruitnet.search.supernet import ZERO, SearchConfigError, SuperNet
 
-__all__ = ["LatencyTable", "build_latency_table", "calibrate", "check_target", "time_module"]
+__all__ = ["LatencyTable", "build_latency_table", "check_target", "time_module"]
 
 log = logging.getLogger(__name__)
 
 LATENCY_LOSSES = ("mul_log", "add", "abs")
-# A prediction of a whole net further off than this (in %) is warned about
-CALIBRATION_WARN_PCT = 15.0
 
 
 def lut_device_name(device: torch.device) -> str:
@@ -68,7 +67,9 @@ def _slug(name: str) -> str:
 
 
 def _cache_file(cache_dir: str | Path | None, device_name: str) -> Path | None:
-    return Path(cache_dir) / f"{_slug(device_name)}.json" if cache_dir else None
+    # v2: entries timed interleaved against a yardstick; a cache of the back-to-back timings
+    # before it is left alone rather than mixed in
+    return Path(cache_dir) / f"{_slug(device_name)}-v2.json" if cache_dir else None
 
 
 def _read_cache(path: Path | None) -> dict[str, Any]:
@@ -146,27 +147,46 @@ def _block_key(info: dict[str, Any], name: str) -> str:
 
 @dataclass
 class _CachedTimer:
-    """Times a module once per cache key; ``prefix`` holds what the key alone does not say
-    (dtype, memory format, batch)."""
+    """Entries by cache key: a first pass over the table collects the keys not cached yet
+    (``prefix`` holds what the key alone does not say: dtype, memory format, batch), then
+    `time_pending` times all of them in one interleaved call and a second pass reads them."""
 
     cache: dict[str, Any]
     prefix: str
-    time: Callable[[nn.Module, tuple[int, ...]], float]
-    progress: Callable[[str], None] | None = None
-    hits: int = field(default=0, init=False)
-    misses: int = field(default=0, init=False)
+    pending: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = field(
+        default_factory=dict
+    )
+    wanted: set[str] = field(default_factory=set)
 
     def __call__(self, key: str, make: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
         full = self.prefix + key
+        self.wanted.add(full)
         if full in self.cache:
-            self.hits += 1
             return self.cache[full]
-        self.misses += 1
-        ms = self.time(make(), shape)
-        self.cache[full] = ms
-        if self.progress is not None:
-            self.progress(f"{key}: {ms:.3f} ms")
-        return ms
+        self.pending.setdefault(full, (make, shape))
+        return math.nan
+
+    def time_pending(
+        self,
+        time_many: Callable[[list[tuple[nn.Module, tuple[int, ...]]]], list[float]],
+        progress: Callable[[str], None] | None = None,
+    ) -> int:
+        keys = list(self.pending)
+        times = time_many([(make(), shape) for make, shape in self.pending.values()])
+        for key, ms in zip(keys, times, strict=True):
+            self.cache[key] = ms
+            if progress is not None:
+                progress(f"{key.removeprefix(self.prefix)}: {ms:.3f} ms")
+        self.pending.clear()
+        return len(keys)
+
+
+def _one_by_one(items: list[tuple[nn.Module, tuple[int, ...]]], **kw: Any) -> list[float]:
+    return [time_module(module, shape, **kw) for module, shape in items]
+
+
+def _first_block_shape(net: SuperNet, batch: int) -> tuple[int, ...]:
+    return (batch, net.space.first_conv, net.first_block_side, net.first_block_side)
 
 
 def _fixed_ms(net: SuperNet, timed: _CachedTimer, batch: int) -> dict[str, float]:
@@ -182,7 +202,7 @@ def _fixed_ms(net: SuperNet, timed: _CachedTimer, batch: int) -> dict[str, float
         "first_block": timed(
             f"mbconv-in:{first}x{first}x{space.first_conv}-out:{space.first_block}-k3-e1-s1-idskip:0",
             lambda: copy.deepcopy(net.blocks[0]),
-            (batch, space.first_conv, first, first),
+            _first_block_shape(net, batch),
         ),
         "head": timed(
             f"head-in:{final}x{final}x{last}-mix:{space.feature_mix}-classes:{net.num_classes}",
@@ -230,9 +250,11 @@ def build_latency_table(
     rounds: int = 3,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    interleave: bool = True,
 ) -> LatencyTable:
     """Time every fixed layer and every candidate op of ``net`` in ``runtime`` (cached per
-    device, runtime, dtype and shape)."""
+    device, runtime, dtype and shape). ``interleave=False``: each entry's rounds back to back,
+    no yardstick (how tables were timed before; bench/latency.py compares the two)."""
     device = runtime_device(runtime, device)
     dev_name = lut_device_name(device)
     cache_file = _cache_file(cache_dir, dev_name)
@@ -241,152 +263,36 @@ def build_latency_table(
     # Eager torch keeps the key it always had, so existing caches stay valid.
     prefix = "" if runtime == "torch" else f"{tag}|"
     prefix += f"{dtype_name}|{'cl' if channels_last else 'cf'}|b{batch}|"
+    prefix += "" if interleave else "one-by-one|"
     timing = dict(warmup=warmup, repeats=repeats, rounds=rounds)
-    time = make_timer(runtime, device=device, dtype=dtype, channels_last=channels_last, **timing)
-    timed = _CachedTimer(_read_cache(cache_file), prefix, time, progress)
+    timed = _CachedTimer(_read_cache(cache_file), prefix)
+    _fixed_ms(net, timed, batch), _edge_ms(net, timed, batch)  # what is not cached yet
+    # Every missing entry in one interleaved call, each against the fixed first block: entries
+    # timed in a slow spell of a shared CPU would otherwise read up to 1.5x high (the spell
+    # outlasts one entry's rounds) and bend the sum of the ops that happened to meet it.
+    yardstick = (copy.deepcopy(net.blocks[0]), _first_block_shape(net, batch))
+    how = dict(device=device, dtype=dtype, channels_last=channels_last, runtime=runtime)
+    if interleave:
+        time_many = partial(time_modules, yardstick=yardstick, **how, **timing)
+    else:
+        time_many = partial(_one_by_one, **how, **timing)
+    n_timed = timed.time_pending(time_many, progress=progress)
     fixed = _fixed_ms(net, timed, batch)
     edges = _edge_ms(net, timed, batch)
-    if cache_file is not None and timed.misses:
+    if cache_file is not None and n_timed:
         _write_cache(cache_file, dev_name, {**_read_cache(cache_file), **timed.cache})
     log.info(
         "latency table on %s (batch %d, %s): %d entries timed, %d from cache %s",
         dev_name,
         batch,
         prefix.rstrip("|"),
-        timed.misses,
-        timed.hits,
+        n_timed,
+        len(timed.wanted) - n_timed,
         cache_file or "(no cache)",
     )
     meta = {"device": dev_name, "batch": batch, "dtype": dtype_name, "runtime": runtime}
     meta |= {"runtime_version": tag, "channels_last": channels_last, **timing}
     return LatencyTable(fixed, edges, meta)
-
-
-def _calibration_paths(table: LatencyTable, n_random: int, seed: int) -> list[list[int]]:
-    """The fastest and the slowest path by the table, and ``n_random`` random ones."""
-    gen = torch.Generator().manual_seed(seed)
-    paths = [
-        [min(range(len(e)), key=e.__getitem__) for e in table.edges],
-        [max(range(len(e)), key=e.__getitem__) for e in table.edges],
-    ]
-    for _ in range(n_random):
-        paths.append([int(torch.randint(len(e), (1,), generator=gen)) for e in table.edges])
-    return paths
-
-
-def _calibration_key(table: LatencyTable, paths: list[list[int]], net: SuperNet) -> str:
-    # Keyed by the raw table (itself cached per device, dtype and shape) and the paths, so every
-    # search over this space on this machine shares one fit.
-    data = [table.fixed_ms, table.edges, paths, net.num_classes, net.input_size]
-    return "calibration|" + hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Theil-Sen ``(scale, offset)`` of measured on table ms: the median of the pairwise slopes,
-    then the median offset; scale 1 when it is undefined. Least squares let one net timed in a
-    slow spell of a shared CPU (1.7x its table sum) tilt the line: on a 2-core EPYC it put the
-    space's fastest net at 0.75 ms where the same calibration measured it at 0.36 ms, under the
-    basic CNN, and so hid from the search the very corner the first goal needs."""
-    slopes = [
-        (y2 - y1) / (x2 - x1)
-        for i, (x1, y1) in enumerate(points)
-        for x2, y2 in points[i + 1 :]
-        if abs(x2 - x1) > 1e-9
-    ]
-    scale = statistics.median(slopes) if slopes else 1.0
-    if not math.isfinite(scale) or scale <= 0:
-        scale = 1.0
-    return scale, statistics.median(y - scale * x for x, y in points)
-
-
-def _rescaled(
-    table: LatencyTable, scale: float, offset: float, points: list[tuple[float, float]]
-) -> LatencyTable:
-    fixed = {k: v * scale for k, v in table.fixed_ms.items()}
-    fixed["overhead"] = offset
-    edges = [[v * scale for v in row] for row in table.edges]
-    calibration = {
-        "scale": scale,
-        "offset_ms": offset,
-        "points": [{"table_ms": x, "measured_ms": y} for x, y in points],
-        "raw": {"fixed_ms": table.fixed_ms, "edges": table.edges},
-    }
-    return LatencyTable(fixed, edges, {**table.meta, "calibration": calibration})
-
-
-def calibrate(
-    table: LatencyTable,
-    net: SuperNet,
-    *,
-    device: torch.device,
-    channels_last: bool = True,
-    warmup: int = 5,
-    repeats: int = 30,
-    rounds: int = 3,
-    n_random: int = 2,
-    n_check: int = 2,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    preprocess: dict[str, Any] | None = None,
-) -> LatencyTable:
-    """Fit ``measured = scale * table + offset`` on whole finished nets, apply it, and check it.
-
-    Ops timed alone run with their weights and input hot in cache and without the calls between
-    blocks, so the sum of the table is not the whole network's time. A few paths (the fastest,
-    the slowest and ``n_random`` random ones) are built as finished nets
-    (`fruitnet.models.proxyless.ProxylessNASNets`) and timed whole in the table's runtime and
-    batch (in ORT: the export's model, uint8 in); the Theil-Sen line through (table sum,
-    measured) rescales every entry and adds the offset as a fixed ``overhead`` entry. Then
-    ``n_check`` other random nets, not in the fit, are predicted and measured: the largest miss in
-    % is ``meta["calibration"]["error_pct"]`` (a warning above `CALIBRATION_WARN_PCT`). The raw
-    table and the fit are kept in ``meta["calibration"]``; the points are cached with the table.
-    """
-    runtime = str(table.meta.get("runtime", "torch"))
-    paths = _calibration_paths(table, n_random + n_check, seed)
-    key = _calibration_key(table, paths, net) + ("" if runtime == "torch" else f"|{runtime}")
-    device_name = str(table.meta.get("device"))
-    cache_file = _cache_file(cache_dir, device_name)
-    cached = _read_cache(cache_file).get(key)
-    points = [tuple(p) for p in cached] if cached else []
-    timing = dict(warmup=warmup, repeats=repeats, rounds=rounds, channels_last=channels_last)
-    for path in [] if points else paths:
-        model = ProxylessNASNets(
-            num_classes=net.num_classes, input_size=net.input_size, arch=net.export_arch(path)
-        )
-        batch = int(table.meta.get("batch", 1))
-        kw = dict(runtime=runtime, batch=batch, device=device, preprocess=preprocess)
-        points.append((table.path_ms(path), time_whole_net(model, net.input_size, **kw, **timing)))
-    if cache_file is not None and not cached:
-        _write_cache(cache_file, device_name, {**_read_cache(cache_file), key: points})
-    fit, held_out = points[: len(points) - n_check], points[len(points) - n_check :]
-    scale, offset = _fit_line(fit)
-    check = [
-        {"predicted_ms": scale * x + offset, "measured_ms": y, "miss_pct": 100 * (scale * x + offset - y) / y}
-        for x, y in held_out
-    ]  # fmt: skip
-    error = max((abs(c["miss_pct"]) for c in check), default=None)
-    log.info(
-        "latency table (%s) calibrated on %d whole nets: measured = %.3f x table %+.3f ms "
-        "(points %s); %s",
-        runtime,
-        len(fit),
-        scale,
-        offset,
-        ", ".join(f"{x:.2f}->{y:.2f}" for x, y in fit),
-        f"calibration error {error:.1f} % on {len(check)} other nets" if check else "not checked",
-    )
-    if error is not None and error > CALIBRATION_WARN_PCT:
-        log.warning(
-            "the latency table misses whole nets by up to %.1f %% in %s on this machine (over "
-            "%g %%): predictions of this search are that far off; rerun on an idle machine or "
-            "raise search.latency_repeats / latency_rounds",
-            error,
-            runtime,
-            CALIBRATION_WARN_PCT,
-        )
-    out = _rescaled(table, scale, offset, fit)
-    out.meta["calibration"] |= {"check": check, "error_pct": error}
-    return out
 
 
 def check_target(

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 import torch
 
 from fruitnet.models.profile import count_params, flops, fp32_mib, state_dict_mib
 from fruitnet.models.proxyless import ProxylessNASNets
-from fruitnet.search.runtimes import time_whole_net
+from fruitnet.search.runtimes import time_whole_nets
 
 
 def measure(
@@ -28,7 +29,8 @@ def measure(
     rounds: int = 3,
 ) -> dict[str, Any]:
     """Params, MiB, FLOPs and the measured latency of the finished net built from ``arch``: ms
-    per batch in the table's runtime, batch and device (fp32, eval), timed as the table was."""
+    per batch in the table's runtime, batch and device (fp32, eval), timed as the table was and
+    against the calibration's yardstick when it has one (`fruitnet.search.latency.calibrate`)."""
     net = ProxylessNASNets(num_classes=num_classes, input_size=input_size, arch=arch)
     total, _ = count_params(net)
     stats = {
@@ -38,13 +40,20 @@ def measure(
         "flops": flops(net, input_size),
     }
     device = "cuda" if str(table_meta.get("device")).startswith("cuda") else "cpu"
-    stats["measured_latency_ms"] = time_whole_net(
-        net,
+    # Against the calibration's yardstick, when the table has one: the time this net would have
+    # taken when the table was calibrated, which is what its target means, however the machine's
+    # speed has moved since (the search's training, other jobs)
+    yard = (table_meta.get("calibration") or {}).get("yardstick")
+    build = partial(ProxylessNASNets, num_classes=num_classes, input_size=input_size)
+    (stats["measured_latency_ms"],) = time_whole_nets(
+        [net],
         input_size,
         runtime=str(table_meta.get("runtime", "torch")),
         batch=int(table_meta.get("batch", 1)),
         device=torch.device(device),
         preprocess=preprocess,
+        yardstick=build(arch=yard["arch"]) if yard else None,
+        yardstick_ms=float(yard["ms"]) if yard else None,
         channels_last=bool(table_meta.get("channels_last", True)),
         warmup=warmup,
         repeats=repeats,

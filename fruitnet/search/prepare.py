@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from fruitnet.data.loading import BatchedDataset, EpochSampler, collate_batch
 from fruitnet.runtime import uses_cuda
-from fruitnet.search.latency import LatencyTable, build_latency_table, calibrate, check_target
+from fruitnet.search.calibration import calibrate
+from fruitnet.search.latency import LatencyTable, build_latency_table, check_target
 from fruitnet.search.runtimes import runtime_device
 from fruitnet.search.space import SearchConfigError, SearchSpace
 from fruitnet.search.supernet import SuperNet

@@ -15,8 +15,8 @@ from fruitnet.files import write_json, write_text
 from fruitnet.plots import save_figure
 from fruitnet.record import environment
 from fruitnet.runtime import device_name
+from fruitnet.search.calibration import CALIBRATION_WARN_PCT
 from fruitnet.search.front import arch_name, front_figure, front_markdown, front_table
-from fruitnet.search.latency import CALIBRATION_WARN_PCT
 from fruitnet.search.measure import NetTimer
 
 log = logging.getLogger("fruitnet.search")

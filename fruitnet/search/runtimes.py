@@ -24,7 +24,7 @@ from torch import nn
 
 from fruitnet.deploy import ExportModel, export_onnx, ort_session
 from fruitnet.search.space import SearchConfigError
-from fruitnet.timing import median_ms
+from fruitnet.timing import interleaved_ms, median_ms
 
 RUNTIMES = ("onnxruntime", "torch", "compile")
 Timer = Callable[[nn.Module, tuple[int, ...]], float]
@@ -79,32 +79,26 @@ def _example(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.randn(shape, device=device, dtype=dtype)
 
 
-def time_module(
+def runner(
     module: nn.Module,
     shape: tuple[int, ...],
     *,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
-    warmup: int = 5,
-    repeats: int = 30,
-    rounds: int = 1,
     runtime: str = "torch",
     input_dtype: torch.dtype | None = None,
-) -> float:
-    """Median forward time in ms of ``module`` on a random input of ``shape`` (eval, no grad) in
-    ``runtime``, the best of ``rounds`` medians. ``input_dtype`` (default ``dtype``): uint8 for a
-    whole exported net."""
+) -> Callable[[], Any]:
+    """A call that runs ``module`` once on a random input of ``shape`` in ``runtime`` (eval, no
+    grad): the ORT session is built, the module compiled, here and not in the timed calls.
+    ``input_dtype`` (default ``dtype``): uint8 for a whole exported net."""
     module = module.eval()
     x = _example(shape, input_dtype or dtype, device)
     if runtime == "onnxruntime":
         cpu = copy.deepcopy(module).to("cpu", dtype=dtype, memory_format=torch.contiguous_format)
         session = ort_session(onnx_bytes(cpu, x.cpu()))
-        name = session.get_inputs()[0].name
-        feed = {name: x.cpu().numpy()}
-        return median_ms(
-            lambda: session.run(None, feed), warmup=warmup, repeats=repeats, rounds=rounds
-        )
+        feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+        return partial(session.run, None, feed)
     module = module.to(device=device, dtype=dtype)
     if channels_last and x.dim() == 4:
         module = module.to(memory_format=torch.channels_last)
@@ -116,10 +110,48 @@ def time_module(
             module(x)  # compiles here, not inside the timed warm-up
     elif runtime != "torch":
         check_runtime(runtime)
-    with torch.no_grad():
-        return median_ms(
-            lambda: module(x), device=device, warmup=warmup, repeats=repeats, rounds=rounds
-        )
+
+    def run() -> Any:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def time_module(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 1,
+    **how: Any,
+) -> float:
+    """Median forward time in ms of ``module`` on a random input of ``shape`` in ``runtime``,
+    the best of ``rounds`` medians (``how``: `runner`'s dtype, channels_last, runtime and
+    input_dtype)."""
+    run = runner(module, shape, device=device, **how)
+    return median_ms(run, device=device, warmup=warmup, repeats=repeats, rounds=rounds)
+
+
+def time_modules(
+    items: list[tuple[nn.Module, tuple[int, ...]]],
+    *,
+    device: torch.device,
+    yardstick: tuple[nn.Module, tuple[int, ...]] | None = None,
+    yardstick_ms: float | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+    **how: Any,
+) -> list[float]:
+    """`time_module` of each ``(module, shape)``, all in one `fruitnet.timing.interleaved_ms`
+    call: rounds over every item, each reading against ``yardstick`` when given."""
+    runs = [runner(m, shape, device=device, **how) for m, shape in items]
+    yard = runner(*yardstick, device=device, **how) if yardstick is not None else None
+    timing = dict(device=device, warmup=warmup, repeats=repeats, rounds=rounds)
+    return interleaved_ms(runs, yardstick=yard, yardstick_ms=yardstick_ms, **timing)
 
 
 def make_timer(runtime: str, **kwargs: Any) -> Timer:
@@ -154,6 +186,32 @@ def time_whole_net(
     return time_module(
         model,
         (batch, 3, input_size, input_size),
+        device=runtime_device(runtime, device),
+        runtime=runtime,
+        input_dtype=torch.uint8 if runtime == "onnxruntime" else None,
+        **timing,
+    )
+
+
+def time_whole_nets(
+    nets: list[nn.Module],
+    input_size: int,
+    *,
+    runtime: str,
+    batch: int,
+    device: torch.device,
+    preprocess: dict[str, Any] | None = None,
+    yardstick: nn.Module | None = None,
+    **timing: Any,
+) -> list[float]:
+    """`time_whole_net` of several nets in one interleaved call (`time_modules`), each reading
+    against the whole net ``yardstick`` when given (``yardstick_ms`` in ``timing``: its time in
+    an earlier call)."""
+    shape = (batch, 3, input_size, input_size)
+    yard = (whole_net(yardstick, runtime, preprocess), shape) if yardstick is not None else None
+    return time_modules(
+        [(whole_net(n, runtime, preprocess), shape) for n in nets],
+        yardstick=yard,
         device=runtime_device(runtime, device),
         runtime=runtime,
         input_dtype=torch.uint8 if runtime == "onnxruntime" else None,

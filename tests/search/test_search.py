@@ -21,14 +21,8 @@ from fruitnet.models.proxyless import (
     ProxylessNASNets,
     builtin_arch,
 )
-from fruitnet.search.latency import (
-    LatencyTable,
-    _fit_line,
-    build_latency_table,
-    calibrate,
-    check_target,
-    time_module,
-)
+from fruitnet.search.calibration import _fit_line, calibrate
+from fruitnet.search.latency import LatencyTable, build_latency_table, check_target, time_module
 from fruitnet.search.space import Op, SearchConfigError, SearchSpace, parse_op
 from fruitnet.search.supernet import SuperNet
 
@@ -93,6 +87,11 @@ def test_latency_table_cache_and_expected_latency(tmp_path):
     assert cal.min_ms() == pytest.approx(fit["scale"] * table.min_ms() + fit["offset_ms"])
     again = calibrate(table, net, device=torch.device("cpu"), cache_dir=tmp_path)
     assert again.meta["calibration"]["points"] == fit["points"]
+    # the yardstick later nets are timed against: the first random net, with its time, cached
+    yard = fit["yardstick"]
+    assert (
+        yard["ms"] > 0 and yard["arch"]["blocks"] and again.meta["calibration"]["yardstick"] == yard
+    )
 
 
 def test_calibration_line_holds_against_one_net_timed_in_a_slow_spell():

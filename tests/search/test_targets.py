@@ -13,7 +13,8 @@ import torch
 from helpers import TRAINED_DATA, compose_cfg
 
 from fruitnet.models.proxyless import ProxylessNASNets
-from fruitnet.search.latency import LatencyTable, build_latency_table, calibrate, check_target
+from fruitnet.search.calibration import calibrate
+from fruitnet.search.latency import LatencyTable, build_latency_table, check_target
 from fruitnet.search.runtimes import time_whole_net
 from fruitnet.search.select import STEPS, most_probable_under, select_for_targets
 from fruitnet.search.space import SearchConfigError, SearchSpace, parse_targets
@@ -291,3 +292,20 @@ def test_chosen_nets_are_timed_in_a_fresh_process_with_the_same_numbers():
                           hparams={})  # fmt: skip
     with NetTimer(gpu, cfg, fresh=True) as timer:
         assert timer.pool is None
+
+
+def test_a_chosen_net_is_timed_on_the_calibrations_scale_through_its_yardstick():
+    """With the calibration's yardstick in the table, a net's time is its ratio to the
+    yardstick times the yardstick's calibration-time ms: timing the yardstick itself gives back
+    that ms (here a made-up 100 ms, 100x what the net takes), not the net's own reading."""
+    from fruitnet.search.measure import measure
+
+    net = SuperNet(SearchSpace.from_config({**SPACE, "depths": [1, 1, 1]}), num_classes=3,
+                   input_size=32)  # fmt: skip
+    arch = net.export_arch([0, 1, 2])
+    meta = {"runtime": "torch", "batch": 1, "device": "cpu-test"}
+    kw = dict(num_classes=3, input_size=32, repeats=5, rounds=3)
+    plain = measure(arch, table_meta=meta, **kw)["measured_latency_ms"]
+    scaled = {**meta, "calibration": {"yardstick": {"arch": arch, "ms": 100.0}}}
+    against = measure(arch, table_meta=scaled, **kw)["measured_latency_ms"]
+    assert plain < 20.0 and 60.0 < against < 160.0, (plain, against)
