@@ -70,8 +70,8 @@ def trial(net: SuperNet, paths: list[list[int]], interleave: bool) -> dict:
     }
     start = time.perf_counter()
     table = build_latency_table(net, runtime="onnxruntime", interleave=interleave, **timing)
-    table = calibrate(table, net, interleave=interleave, n_check=int(cfg.latency_check_nets),
-                      **timing)  # fmt: skip
+    nets = dict(n_random=int(cfg.latency_fit_nets), n_check=int(cfg.latency_check_nets))
+    table = calibrate(table, net, interleave=interleave, **nets, **timing)
     seconds = time.perf_counter() - start
     rows = []
     for path in paths:

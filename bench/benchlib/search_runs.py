@@ -187,7 +187,8 @@ def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]
         "rounds": int(cfg["latency_rounds"]),
     }  # fmt: skip
     table = build_latency_table(probe, batch=int(cfg["latency_batch"]), runtime=RUNTIME, **timing)
-    table = calibrate(table, probe, n_check=int(cfg["latency_check_nets"]), **timing)
+    table = calibrate(table, probe, n_random=int(cfg["latency_fit_nets"]),
+                      n_check=int(cfg["latency_check_nets"]), **timing)  # fmt: skip
     return table.min_ms(), table.max_ms()
 
 

@@ -144,7 +144,7 @@ def calibrate(
     warmup: int = 5,
     repeats: int = 30,
     rounds: int = 3,
-    n_random: int = 2,
+    n_random: int = 6,
     n_check: int = 2,
     seed: int = 0,
     cache_dir: str | Path | None = None,

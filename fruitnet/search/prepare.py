@@ -54,8 +54,9 @@ def run_latency_table(
     batch = int(search_cfg.get("latency_batch", 1))
     table = build_latency_table(probe, runtime=runtime, batch=batch, **timing)
     if search_cfg.get("latency_calibrate", True):
-        checks = int(search_cfg.get("latency_check_nets", 2))
-        table = calibrate(table, probe, n_check=checks, preprocess=dm.preprocess, **timing)
+        nets = dict(n_random=int(search_cfg.get("latency_fit_nets", 6)))
+        nets["n_check"] = int(search_cfg.get("latency_check_nets", 2))
+        table = calibrate(table, probe, preprocess=dm.preprocess, **nets, **timing)
     targets = targets or [float(search_cfg["target_latency_ms"])]
     key = "search.targets" if search_cfg.get("targets") else "search.target_latency_ms"
     for t in targets:
