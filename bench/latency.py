@@ -8,7 +8,7 @@ interleaved rounds read against a yardstick (`fruitnet.timing.interleaved_ms`) -
 What the search does, done ``--trials`` times per way and dataset shape (the default space,
 `conf/search/default.yaml`, ONNX Runtime, batch 1, fp32, torch's thread count), the two ways
 alternating which goes first: time the table (no cache), calibrate it on whole nets
-(`fruitnet.search.latency.calibrate`), then time ``--nets`` other random nets of the space one at
+(`fruitnet.search.calibration.calibrate`), then time ``--nets`` other random nets of the space one at
 a time as the search times the nets it chooses (`fruitnet.search.measure.measure`: against the
 calibration's yardstick in the interleaved way) and compare each with the table's prediction.
 The same nets in every trial. The report's prose is bench/templates/latency/report.md.

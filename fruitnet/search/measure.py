@@ -30,7 +30,7 @@ def measure(
 ) -> dict[str, Any]:
     """Params, MiB, FLOPs and the measured latency of the finished net built from ``arch``: ms
     per batch in the table's runtime, batch and device (fp32, eval), timed as the table was and
-    against the calibration's yardstick when it has one (`fruitnet.search.latency.calibrate`)."""
+    against the calibration's yardstick when it has one (`fruitnet.search.calibration.calibrate`)."""
     net = ProxylessNASNets(num_classes=num_classes, input_size=input_size, arch=arch)
     total, _ = count_params(net)
     stats = {

@@ -100,11 +100,21 @@ def test_calibration_line_holds_against_one_net_timed_in_a_slow_spell():
     same calibration measured it at 0.36 ms, under the basic CNN's 0.69)."""
     points = [(0.3554, 0.3552), (4.4217, 4.4691), (1.8080, 1.9350), (2.4089, 4.0754)]
     scale, offset = _fit_line(points)
-    assert scale == pytest.approx(1.05, abs=0.01)
+    assert scale == pytest.approx(1.09, abs=0.01)  # through the first and third net
     assert scale * 0.3554 + offset == pytest.approx(0.36, abs=0.03)
     # on points on a line it is that line; one point or one x: scale 1 through their median
     assert _fit_line([(1.0, 2.5), (2.0, 4.5), (4.0, 8.5)]) == pytest.approx((2.0, 0.5))
     assert _fit_line([(1.0, 1.0), (1.0, 2.0)]) == pytest.approx((1.0, 0.5))
+
+
+def test_calibration_line_keeps_the_fastest_net_as_close_as_the_middle_ones():
+    """fruits-360-small's calibration nets on a 2-core EPYC (the fastest, the slowest, 6 random;
+    table ms, measured ms): a Theil-Sen line put the fastest 20 % over its time; the line of
+    least relative misses keeps every net within 7 %."""
+    points = [(0.39, 0.51), (5.03, 5.85), (2.17, 2.73), (2.92, 3.61), (2.47, 2.98), (2.56, 3.18),
+              (2.82, 3.39), (2.38, 3.02)]  # fmt: skip
+    scale, offset = _fit_line(points)
+    assert all(abs(scale * x + offset - y) / y < 0.07 for x, y in points), (scale, offset)
 
 
 # --- bad input ---------------------------------------------------------------------------------
