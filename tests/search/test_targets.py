@@ -304,8 +304,10 @@ def test_a_chosen_net_is_timed_on_the_calibrations_scale_through_its_yardstick()
                    input_size=32)  # fmt: skip
     arch = net.export_arch([0, 1, 2])
     meta = {"runtime": "torch", "batch": 1, "device": "cpu-test"}
-    kw = dict(num_classes=3, input_size=32, repeats=5, rounds=3)
+    kw = dict(num_classes=3, input_size=32, repeats=10, rounds=5)
     plain = measure(arch, table_meta=meta, **kw)["measured_latency_ms"]
     scaled = {**meta, "calibration": {"yardstick": {"arch": arch, "ms": 100.0}}}
     against = measure(arch, table_meta=scaled, **kw)["measured_latency_ms"]
-    assert plain < 20.0 and 60.0 < against < 160.0, (plain, against)
+    # wide bounds: beside other jobs on 2 cores a reading of the net against itself read 2x once
+    # (a fresh clone's make test while a benchmark trained); without the yardstick it reads ~1 ms
+    assert plain < 20.0 and 25.0 < against < 400.0, (plain, against)
