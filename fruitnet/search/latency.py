@@ -172,6 +172,8 @@ class _CachedTimer:
         progress: Callable[[str], None] | None = None,
     ) -> int:
         keys = list(self.pending)
+        if not keys:  # all cached: no session to build, no yardstick to time
+            return 0
         times = time_many([(make(), shape) for make, shape in self.pending.values()])
         for key, ms in zip(keys, times, strict=True):
             self.cache[key] = ms
@@ -260,7 +262,7 @@ def build_latency_table(
     cache_file = _cache_file(cache_dir, dev_name)
     dtype_name = str(dtype).replace("torch.", "")
     tag = runtime_tag(runtime)
-    # Eager torch keeps the key it always had, so existing caches stay valid.
+    # Eager torch's keys carry no runtime tag (as before the runtimes; the file name is versioned)
     prefix = "" if runtime == "torch" else f"{tag}|"
     prefix += f"{dtype_name}|{'cl' if channels_last else 'cf'}|b{batch}|"
     prefix += "" if interleave else "one-by-one|"
