@@ -61,30 +61,27 @@ def interleaved_ms(
 ) -> list[float]:
     """Medians in ms of several callables, timed in ``rounds`` rounds that visit each in turn.
 
-    A shared CPU slows down in spells of seconds to tens of seconds (a 2-core EPYC: the same net
-    1.0-1.45x its best over 40 s, whole sets of nets 1.5x for a minute). Rounds taken back to back
-    fall inside one spell; rounds spread over every entry give a spell one round of an entry.
-    Without ``yardstick`` an entry's time is its best round. With one, a fixed callable timed
-    before the first entry and after every entry, a reading counts as its ratio to the mean of
-    the yardstick readings either side of it, and an entry's time is the median of its ratios
-    times the yardstick's best reading (or ``yardstick_ms``, its time in an earlier call, to put
-    this call's entries on that call's scale): what it takes in the machine's fastest state seen. A spell that lasts longer than one entry slows both sides of the ratio and cancels,
-    so entries timed in different spells compare (the whole-net timings of the search's
-    calibration read up to 1.9x apart on the best-of-rounds, bench/LATENCY.md)."""
+    A shared CPU slows down in spells of seconds to minutes. Rounds taken back to back fall
+    inside one spell; rounds spread over every entry give a spell one round of an entry. Without
+    ``yardstick`` an entry's time is its best round. With one, a fixed callable timed before the
+    first entry and after every entry, a reading counts as its ratio to the mean of the yardstick
+    readings either side of it, and an entry's time is the median of its ratios times the
+    yardstick's best reading (or ``yardstick_ms``, its time in an earlier call, to put this
+    call's entries on that call's scale). A spell that lasts longer than one entry slows both
+    sides of the ratio and cancels (bench/LATENCY.md: the search's predictions of nets timed
+    later, one by one against this way)."""
     best = [math.inf] * len(fns)
     ratios: list[list[float]] = [[] for _ in fns]
     yard: list[float] = []
     for _ in range(max(1, rounds)):
-        before = _median_s(yardstick, device, warmup, repeats) if yardstick else 0.0
-        yard.append(before)
+        if yardstick is not None:
+            yard.append(_median_s(yardstick, device, warmup, repeats))
         for i, fn in enumerate(fns):
             t = _median_s(fn, device, warmup, repeats)
             best[i] = min(best[i], t)
             if yardstick is not None:
-                after = _median_s(yardstick, device, warmup, repeats)
-                yard.append(after)
-                ratios[i].append(2 * t / (before + after))
-                before = after
+                yard.append(_median_s(yardstick, device, warmup, repeats))
+                ratios[i].append(2 * t / (yard[-2] + yard[-1]))
     if yardstick is None:
         return [b * 1000.0 for b in best]
     scale = yardstick_ms if yardstick_ms is not None else min(yard) * 1000.0

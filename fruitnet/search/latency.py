@@ -268,7 +268,9 @@ def build_latency_table(
     prefix += "" if interleave else "one-by-one|"
     timing = dict(warmup=warmup, repeats=repeats, rounds=rounds)
     timed = _CachedTimer(_read_cache(cache_file), prefix)
-    _fixed_ms(net, timed, batch), _edge_ms(net, timed, batch)  # what is not cached yet
+    # A first pass collects what is not cached yet; the second, below, reads every entry
+    _fixed_ms(net, timed, batch)
+    _edge_ms(net, timed, batch)
     # Every missing entry in one interleaved call, each against the fixed first block: entries
     # timed in a slow spell of a shared CPU would otherwise read up to 1.5x high (the spell
     # outlasts one entry's rounds) and bend the sum of the ops that happened to meet it.
