@@ -152,17 +152,20 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
             # The search about to run reads the table timed now, alone, on this machine: never
             # one cached by an earlier session of this run folder (the cache is keyed by the CPU)
             shutil.rmtree(args.cache_dir / "latency", ignore_errors=True)
-        lo, hi = sr.space_range(classes, size, args.cache_dir)
+        lo, hi, yardstick = sr.space_range(classes, size, args.cache_dir)
         refs_ms = sr.reference_latencies(references(args), classes, size, rounds=args.rounds,
-                                         repeats=args.repeats)  # fmt: skip
+                                         repeats=args.repeats, yardstick=yardstick)  # fmt: skip
         targets = sr.place_targets(lo, hi, args.targets, list(refs_ms.values()))
         if earlier is not None:
             targets = list(earlier["targets_ms"])  # the searched nets' run folders follow them
         else:
             # what goal (3) scales the targets by: the references' latency when they were placed
-            run.save_placement(name, {"range": [lo, hi], "refs_ms": refs_ms, "targets": targets})
+            run.save_placement(name, {"range": [lo, hi], "refs_ms": refs_ms, "targets": targets,
+                                      "yardstick": yardstick})  # fmt: skip
     else:
         (lo, hi), refs_ms, targets = placed["range"], placed["refs_ms"], placed["targets"]
+        # placements written before the yardstick was kept: absolute timings, as then
+        yardstick = placed.get("yardstick")
     print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
           f"targets {targets}", flush=True)  # fmt: skip
     search_args = [*common, *run.filled("search", data)]
@@ -178,7 +181,10 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     retrain(searched, rerun=not search.get("bench_kept", False))
     nets = searched + refs
     specs = [net["runs"][0]["net"] for net in nets]
-    times = sr.measure_latency(specs, size, rounds=args.rounds, repeats=args.repeats)
+    # the search's yardstick, else (an earlier search's records) the one the targets were placed with
+    yardstick = search.get("latency_yardstick") or yardstick
+    times, yard_now = sr.measure_latency(specs, size, classes=classes, rounds=args.rounds,
+                                         repeats=args.repeats, yardstick=yardstick)  # fmt: skip
     rows = []
     for net, spec, t in zip(nets, specs, times, strict=True):
         acc_mean, acc_std = spread([float(r["test_acc"]) for r in net["runs"]])
@@ -192,7 +198,8 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
             "epochs": max(int(r.get("epochs") or 0) for r in net["runs"]),
         })  # fmt: skip
     return {"dataset": ds, "classes": classes, "range": (lo, hi), "refs_ms": refs_ms,
-            "targets": targets, "search": search, "rows": rows}  # fmt: skip
+            "targets": targets, "search": search, "rows": rows, "yardstick": yardstick,
+            "yardstick_now_ms": yard_now}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

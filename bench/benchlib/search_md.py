@@ -79,7 +79,8 @@ def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
         f"{', '.join(f'{k} {v:.2f}' for k, v in res['refs_ms'].items())} ms; "
         f"targets {', '.join(f'{t:g}' for t in res['targets'])} ms. One search: "
         f"{search['bench_wall_s'] / 60:.1f} min ({search.get('epochs')} epochs, {state}; "
-        f"calibration error {fmt(search.get('calibration_error_pct'), '.1f')} %).",
+        f"calibration error {fmt(search.get('calibration_error_pct'), '.1f')} %). "
+        f"{scale_words(res)}",
         "",
         *nets_table(rows),
         "",
@@ -91,6 +92,22 @@ def dataset_section(res: dict[str, Any]) -> tuple[list[str], list[tuple]]:
     lines += ["| goal | result | detail |", "| --- | --- | --- |"]
     lines += [f"| {g} | {v} | {d} |" for g, v, d in verdicts]
     return [*lines, ""], verdicts
+
+
+def scale_words(res: dict[str, Any]) -> str:
+    """What the ORT column's scale is: the search's yardstick's, or absolute (records of a
+    search that kept no yardstick)."""
+    yard, now = res.get("yardstick"), res.get("yardstick_now_ms")
+    if not yard or now is None:
+        return (
+            f"{RUNTIME} times absolute (this search's records keep no yardstick): placed "
+            "one net at a time, finally the best of the interleaved rounds."
+        )
+    return (
+        f"{RUNTIME} times, placing and final, on the calibration's scale: each reading against "
+        f"the search's yardstick (a path of the space: {yard['ms']:.2f} ms at the calibration, "
+        f"{now:.2f} ms in the final timing), the median ratio times {yard['ms']:.2f} ms."
+    )
 
 
 def fmt(value: float | None, spec: str) -> str:

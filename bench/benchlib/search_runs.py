@@ -170,9 +170,10 @@ def _yaml_list(path: Path) -> list[str]:
     return [str(x) for x in OmegaConf.load(path)]
 
 
-def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]:
-    """The smallest and largest net of the default space in ORT on this CPU (batch 1): the same
-    cached, calibrated table the search builds, so the search finds it in the cache."""
+def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float, dict | None]:
+    """The smallest and largest net of the default space in ORT on this CPU (batch 1), and the
+    calibration's yardstick (``{"arch", "ms"}``): the same cached, calibrated table the search
+    builds, so the search finds it in the cache and times its nets against the same yardstick."""
     from omegaconf import OmegaConf
 
     from fruitnet.search.calibration import calibrate
@@ -189,7 +190,7 @@ def space_range(classes: int, size: int, cache_dir: Path) -> tuple[float, float]
     table = build_latency_table(probe, batch=int(cfg["latency_batch"]), runtime=RUNTIME, **timing)
     table = calibrate(table, probe, n_random=int(cfg["latency_fit_nets"]),
                       n_check=int(cfg["latency_check_nets"]), **timing)  # fmt: skip
-    return table.min_ms(), table.max_ms()
+    return table.min_ms(), table.max_ms(), table.meta["calibration"].get("yardstick")
 
 
 def place_targets(lo: float, hi: float, count: int, refs_ms: list[float]) -> list[float]:
@@ -224,24 +225,41 @@ def profile(spec: dict[str, Any], size: int) -> dict[str, Any]:
     return {"params": count_params(net)[0], "fp32_mib": fp32_mib(net), "flops": flops(net, size)}
 
 
-def measure_latency(specs: list[dict], size: int, *, rounds: int, repeats: int) -> list[dict]:
+def measure_latency(specs: list[dict], size: int, *, classes: int, rounds: int, repeats: int,
+                    yardstick: dict | None = None) -> tuple[list[dict], float | None]:  # fmt: skip
     """Batch-1 fp32 latency of each trained net (rebuilt from its hyper-parameters with fresh
     weights: the time does not depend on them) in ORT (as exported: uint8 in, BN folded) and in
-    eager torch (channels_last), torch's thread count: the median of ``repeats`` runs, the best
-    of ``rounds`` rounds interleaved over all nets (a round slowed by another process reads high,
-    never low)."""
-    from fruitnet.search.runtimes import time_whole_net
+    eager torch (channels_last), torch's thread count: the median of ``repeats`` runs in
+    ``rounds`` rounds interleaved over all nets (`fruitnet.timing.interleaved_ms`). With the
+    search's ``yardstick`` (``{"arch", "ms"}``, `space_range`), every ORT reading counts against
+    it and the ORT times are on the calibration's scale, the one the targets are in, however
+    this machine's speed has moved since; also returned: the yardstick's own time now (ms).
+    Without, the best round (a round slowed by another process reads high, never low)."""
+    from fruitnet.search.runtimes import time_modules, whole_net
 
     nets = [search_record.build_net(s) for s in specs]
-    times: list[dict[str, list[float]]] = [{RUNTIME: [], "torch": []} for _ in nets]
-    for _ in range(rounds):
-        for (net, pre), seen in zip(nets, times, strict=True):
-            for runtime in seen:
-                seen[runtime].append(
-                    time_whole_net(net, size, runtime=runtime, batch=1, device=torch.device("cpu"),
-                                   preprocess=pre, warmup=5, repeats=repeats, rounds=1)
-                )  # fmt: skip
-    return [{"ort_ms": min(t[RUNTIME]), "eager_ms": min(t["torch"])} for t in times]
+    shape, cpu = (1, 3, size, size), torch.device("cpu")
+    timing = {"device": cpu, "warmup": 5, "repeats": repeats, "rounds": rounds}
+    yard_now = None
+    items = [(whole_net(net, RUNTIME, pre), shape) for net, pre in nets]
+    ort = {"runtime": RUNTIME, "input_dtype": torch.uint8}
+    if yardstick is None:
+        ort_ms = time_modules(items, **ort, **timing)
+    else:
+        yard = (whole_net(yardstick_net(yardstick, classes, size), RUNTIME, None),
+                shape)  # fmt: skip
+        # the yardstick also as an entry: its time now, on this call's own scale
+        *now, yard_now = time_modules([*items, yard], yardstick=yard, **ort, **timing)
+        ort_ms = [ms * float(yardstick["ms"]) / yard_now for ms in now]
+    eager_ms = time_modules([(net, shape) for net, _ in nets], runtime="torch", **timing)
+    return [{"ort_ms": o, "eager_ms": e} for o, e in zip(ort_ms, eager_ms, strict=True)], yard_now
+
+
+def yardstick_net(yardstick: dict, classes: int, size: int):
+    """The search's yardstick (a path of its space) as a finished net."""
+    from fruitnet.models.proxyless import ProxylessNASNets
+
+    return ProxylessNASNets(num_classes=classes, input_size=size, arch=yardstick["arch"]).eval()
 
 
 def build_reference(overrides: list[str], classes: int, size: int):
@@ -264,14 +282,17 @@ def build_reference(overrides: list[str], classes: int, size: int):
 
 
 def reference_latencies(refs: list[dict], classes: int, size: int, *, rounds: int,
-                        repeats: int) -> dict[str, float]:  # fmt: skip
+                        repeats: int, yardstick: dict | None = None) -> dict[str, float]:  # fmt: skip
     """Each reference's ORT latency (batch 1) before training, label -> ms: where the targets go
-    (a net's time does not depend on its weights)."""
-    from fruitnet.search.runtimes import time_whole_net
+    (a net's time does not depend on its weights). All in one interleaved call, against the
+    search's ``yardstick`` when given: on the scale of the calibration the search aims with."""
+    from fruitnet.search.runtimes import time_whole_nets
 
-    timing = {"warmup": 5, "repeats": repeats, "rounds": rounds}
-    return {
-        r["label"]: time_whole_net(build_reference(r["overrides"], classes, size), size,
-                                   runtime=RUNTIME, batch=1, device=torch.device("cpu"), **timing)
-        for r in refs
-    }  # fmt: skip
+    nets = [build_reference(r["overrides"], classes, size) for r in refs]
+    yard = yardstick_net(yardstick, classes, size) if yardstick else None
+    times = time_whole_nets(
+        nets, size, runtime=RUNTIME, batch=1, device=torch.device("cpu"), yardstick=yard,
+        yardstick_ms=float(yardstick["ms"]) if yardstick else None, warmup=5, repeats=repeats,
+        rounds=rounds,
+    )  # fmt: skip
+    return {r["label"]: ms for r, ms in zip(refs, times, strict=True)}

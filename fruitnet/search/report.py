@@ -69,6 +69,9 @@ def latency_keys(meta: dict[str, Any]) -> dict[str, Any]:
         "latency_precision": {"float32": "fp32"}.get(meta.get("dtype"), meta.get("dtype")),
         "latency_device": meta.get("device"),
         "calibration_error_pct": cal.get("error_pct"),
+        # the net whose readings put later timings on the calibration's scale, and its time then:
+        # what a timing of this run's nets elsewhere (bench/search.py) compares against
+        "latency_yardstick": cal.get("yardstick"),
     }
 
 

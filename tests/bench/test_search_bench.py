@@ -220,7 +220,13 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     placed = [r for r in records if r.name.endswith("_placement.json")]
     assert len(placed) == 2 and len(records) == 12, records  # per dataset 2 references,
     # 1 search, 2 searched nets, and where the search's targets were placed
-    refs_ms = json.loads(placed[1].read_text())["refs_ms"]  # fruits
+    placement = json.loads(placed[1].read_text())  # fruits
+    refs_ms = placement["refs_ms"]
+    # the references were placed, and the search aimed, on one calibration's scale
+    search = json.loads((tmp_path / "run" / "records" / "fruits_search.json").read_text())
+    assert placement["yardstick"]["ms"] > 0 and placement["yardstick"]["arch"]
+    assert search["results"]["latency_yardstick"] == placement["yardstick"]
+    assert text.count("on the calibration's scale: each reading against") == 2
     for item in (tmp_path / "run").iterdir():
         if item.name not in ("records", "cache"):
             shutil.rmtree(item) if item.is_dir() else item.unlink()
