@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "every dataset and stop, no report: most of the bench's time, and independent "
                    "of this machine's timings; then --resume runs the rest")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="retrains per net (--quick: 1)")
-    p.add_argument("--targets", type=int, default=5, help="latency targets per search (at most)")
+    p.add_argument("--targets", type=int, default=6, help="latency targets per search (at most)")
     p.add_argument("--search-epochs", type=int, default=60)
     p.add_argument("--warmup-epochs", type=int, default=3)
     p.add_argument(
