@@ -34,7 +34,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from fruitnet.search.measure import NetTimer
     from fruitnet.search.module import SearchModule
     from fruitnet.search.outcome import ran_words, what_ran, write_unsearched
-    from fruitnet.search.prepare import arch_loader, heldout_batches, run_latency_table
+    from fruitnet.search.prepare import (
+        arch_loader,
+        calibration_batches,
+        heldout_batches,
+        run_latency_table,
+    )
     from fruitnet.search.report import run_values, write_outputs
     from fruitnet.search.select import select_for_targets
 
@@ -88,6 +93,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             evals=int(search_cfg.get("select_evals", 30)),
             seed=int(search_cfg.get("seed", 0)),
             band=float(search_cfg.get("select_band", 0.9)),
+            calib=calibration_batches(
+                module, dm, int(search_cfg.get("select_bn_images", 256)), int(cfg.seed)
+            ),
             measure=(lambda choices: timer.ms(module.net.export_arch(choices)))
             if search_cfg.get("select_measure", True)
             else None,

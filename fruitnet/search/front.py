@@ -41,7 +41,9 @@ def front_markdown(r: dict[str, Any], words: str) -> str:
         f"{r.get('search_s', 0) / 60:.1f} min), then one net per target, chosen on the held-out "
         f"split ({r.get('select_images')} images carved from the training split; the test split "
         "was not used): the most probable path that fits the target, then "
-        f"{r.get('select_evals')} mutations scored by held-out accuracy.",
+        f"{r.get('select_evals')} mutations scored by held-out accuracy (each path's BatchNorm "
+        f"statistics recomputed on {r.get('select_bn_images', 0)} training images), then moved "
+        "an edge or two while measured off its target.",
         f"Latency: {words}; predicted by the calibrated table, measured on the whole net "
         f"(calibration error on other nets: {_pct(r.get('calibration_error_pct'))}).",
         "",

@@ -105,3 +105,20 @@ def heldout_batches(module: Any, dm: Any, max_images: int) -> list[Any]:
         num_workers=0,
     )
     return [module.trainer.strategy.batch_to_device(batch) for batch in loader]
+
+
+def calibration_batches(module: Any, dm: Any, max_images: int, seed: int) -> list[Any]:
+    """``max_images`` training images drawn at random (the split is stored class by class) as
+    device batches: what each path the selection scores recomputes its BatchNorm statistics on."""
+    n = min(int(max_images), len(dm.train_set))
+    if n <= 0:
+        return []
+    order = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        BatchedDataset(dm.train_set),
+        batch_size=max(1, min(int(dm.batch_size), n)),
+        sampler=order[:n].tolist(),
+        collate_fn=collate_batch,
+        num_workers=0,
+    )
+    return [module.trainer.strategy.batch_to_device(batch) for batch in loader]

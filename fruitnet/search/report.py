@@ -185,6 +185,7 @@ def write_outputs(
         "latency_table": table.to_dict(),
         "front": picks,
         "select_evals": int(search_cfg.get("select_evals", 30)),
+        "select_bn_images": int(search_cfg.get("select_bn_images", 256)),
         "probs": net.probs(),
         "edge_names": names,
         "history": history,
