@@ -34,14 +34,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from fruitnet.search.measure import NetTimer
     from fruitnet.search.module import SearchModule
     from fruitnet.search.outcome import ran_words, what_ran, write_unsearched
-    from fruitnet.search.prepare import (
-        arch_loader,
-        calibration_batches,
-        heldout_batches,
-        run_latency_table,
-    )
+    from fruitnet.search.prepare import arch_loader, run_latency_table
     from fruitnet.search.report import run_values, write_outputs
-    from fruitnet.search.select import select_for_targets
 
     search_cfg, space, targets, several = _settings(cfg)
     output_dir, ckpt_path = start_run(cfg)
@@ -85,21 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with NetTimer(
         module, search_cfg, fresh=bool(search_cfg.get("latency_fresh_process", True))
     ) as timer:
-        picks, scored = select_for_targets(
-            module.net,
-            module.table,
-            targets,
-            heldout_batches(module, dm, images),
-            evals=int(search_cfg.get("select_evals", 30)),
-            seed=int(search_cfg.get("seed", 0)),
-            band=float(search_cfg.get("select_band", 0.9)),
-            calib=calibration_batches(
-                module, dm, int(search_cfg.get("select_bn_images", 256)), int(cfg.seed)
-            ),
-            measure=(lambda choices: timer.ms(module.net.export_arch(choices)))
-            if search_cfg.get("select_measure", True)
-            else None,
-        )
+        picks, scored = _choose(cfg, search_cfg, module, dm, targets, images, timer)
         extra |= run_values(cfg, dm, trainer, ckpt_path=ckpt_path, output_dir=output_dir,
                             lut_s=lut_s, search_s=time.perf_counter() - started)  # fmt: skip
         results = write_outputs(
@@ -114,6 +94,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     _log_front(results)
     return results
+
+
+def _choose(
+    cfg: DictConfig,
+    search_cfg: dict[str, Any],
+    module: Any,
+    dm: Any,
+    targets: list[float],
+    images: int,
+    timer: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each target's net from the trained supernet (`fruitnet.search.select`), scored on the
+    held-out split and timed by ``timer`` unless ``search.select_measure`` is false."""
+    from fruitnet.search.prepare import calibration_batches, heldout_batches
+    from fruitnet.search.select import select_for_targets
+
+    return select_for_targets(
+        module.net,
+        module.table,
+        targets,
+        heldout_batches(module, dm, images),
+        evals=int(search_cfg.get("select_evals", 30)),
+        seed=int(search_cfg.get("seed", 0)),
+        band=float(search_cfg.get("select_band", 0.9)),
+        calib=calibration_batches(
+            module, dm, int(search_cfg.get("select_bn_images", 256)), int(cfg.seed)
+        ),
+        measure=(lambda choices: timer.ms(module.net.export_arch(choices)))
+        if search_cfg.get("select_measure", True)
+        else None,
+    )
 
 
 def _log_front(results: dict[str, Any]) -> None:

@@ -155,13 +155,9 @@ def select_for_targets(
     plot), each ``{"choices", "predicted_ms", "val_acc"}``. ``band``: the chosen path's predicted
     latency is at least band x target (0 keeps only the ceiling). ``calib``: training batches that
     each scored path recomputes its BatchNorm statistics on (none: the supernet's own).
-
-    ``measure`` (choices -> ms, timed where the net will run) closes the loop on the table: a
-    chosen net measured outside [band x target, target] is moved one or two edges
-    toward the band's middle (`_measured_pick`), up to ``retries`` times; the attempt measured
-    nearest the middle is kept. A calibrated table still misses single nets by 10-30 % on a
-    small CPU (ops timed alone vs in a net), more than a target's band; what it predicts well is
-    the change one edge makes to a net it has seen measured."""
+    ``measure`` (choices -> ms, timed where the net will run): a chosen net measured outside
+    [band, 1] x target is moved an edge or two toward the band (`_measured_pick`), up to
+    ``retries`` times: a calibrated table misses single nets by 10-30 % on a small CPU."""
     if not 0.0 <= band < 1.0:
         raise ValueError(f"search.select_band must be in [0, 1), got {band!r}")
     probs = net.probs()

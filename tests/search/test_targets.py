@@ -291,7 +291,7 @@ TINY = [
 
 def test_several_targets_give_one_net_each_and_a_front(tmp_path, data_dir):
     """Targets at 40 % and 80 % of the space's range (the table the search will read from the
-    same cache): a net per target that fits it, arch_<t>ms.json each, front.md and front.png,
+    same cache): a net per target, arch_<t>ms.json each, front.md and front.png,
     no arch.json (which net would it be?)."""
     from fruitnet.search.__main__ import run as run_search
 
@@ -310,7 +310,9 @@ def test_several_targets_give_one_net_each_and_a_front(tmp_path, data_dir):
     assert results["targets_ms"] == targets and results["arch_path"] is None
     assert results["target_latency_ms"] == pytest.approx(math.sqrt(targets[0] * targets[1]))
     for pick in results["front"]:
-        assert pick["predicted_ms"] <= pick["goal_ms"] and pick["attempts"] >= 1
+        # A first choice fits its goal by the table; a net moved after a measured miss was timed
+        assert pick["attempts"] >= 1 and pick["selection_ms"] > 0
+        assert pick["predicted_ms"] <= pick["goal_ms"] or pick["attempts"] > 1
         arch = json.loads((run_dir / f"arch_{pick['target_ms']:g}ms.json").read_text())
         assert len(arch["blocks"]) == 1 + 4
         assert 0.0 <= pick["val_acc"] <= 1.0 and pick["measured_latency_ms"] > 0
