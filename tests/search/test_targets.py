@@ -153,19 +153,25 @@ def test_band_floor_keeps_the_net_near_its_target():
     assert got is not None and table.path_ms(got) <= top
 
 
-def test_a_net_measured_off_its_target_is_chosen_again():
-    """A table that underestimates whole nets by 30 % (a stand-in for the measured time): the
-    first choice lands over its target; moved an edge or two by the change its miss asks for,
-    it lands in the band; without measuring, the miss stands."""
+def _random_table(seed: int):
+    """A supernet of SPACE, a table of random op times (zero ops free) and one held-out batch."""
     torch.manual_seed(0)
     net = SuperNet(SearchSpace.from_config(SPACE), num_classes=3, input_size=32)
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(seed)
     edges = [
         [0.0 if n == "zero" else float(torch.rand(1, generator=gen)) for n in e.names]
         for e in net.edges
     ]
-    table = LatencyTable({"stem": 0.5}, edges, {})
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    return net, LatencyTable({"stem": 0.5}, edges, {}), batches
+
+
+def test_a_net_measured_off_its_target_is_chosen_again():
+    """A table that underestimates whole nets by 30 % (a stand-in for the measured time): the
+    first choice lands over its target; moved an edge or two by the change its miss asks for,
+    it lands in the band; without measuring, the miss stands."""
+    net, table, batches = _random_table(2)
+    edges = table.edges
     target = table.min_ms() + 0.6 * (table.max_ms() - table.min_ms())
 
     def measure(choices):
@@ -186,23 +192,15 @@ def test_a_net_measured_off_its_target_is_chosen_again():
     assert measure(blind["choices"]) > 1.1 * target
     (pick,), _ = select_for_targets(net, table, [target], batches, measure=measure, **common)
     assert pick["attempts"] >= 2 and pick["goal_ms"] < target
-    assert 0.9 * target <= pick["selection_ms"] <= 1.1 * target
+    assert 0.9 * target <= pick["selection_ms"] <= target
     assert pick["selection_ms"] == pytest.approx(measure(pick["choices"]))
 
 
 def test_a_move_the_table_underpredicts_is_corrected_by_the_measured_slope():
     """Measured time = table + 0.6 x (table - start): the table's changes are 1.6x too small,
-    as at the small end of a real space. The first move falls short, the second, divided by
-    the measured change per predicted ms, lands in the band."""
-    torch.manual_seed(0)
-    net = SuperNet(SearchSpace.from_config(SPACE), num_classes=3, input_size=32)
-    gen = torch.Generator().manual_seed(5)
-    edges = [
-        [0.0 if n == "zero" else float(torch.rand(1, generator=gen)) for n in e.names]
-        for e in net.edges
-    ]
-    table = LatencyTable({"stem": 0.5}, edges, {})
-    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    as at the small end of a real space. Moved by the change its miss asks for, divided by the
+    measured change per predicted ms of the last move, the net lands in the band."""
+    net, table, batches = _random_table(5)
     target = table.min_ms() + 0.5 * (table.max_ms() - table.min_ms())
     (blind,), _ = select_for_targets(net, table, [target], batches, evals=0, band=0.9)
     anchor = table.path_ms(blind["choices"])
@@ -215,7 +213,7 @@ def test_a_move_the_table_underpredicts_is_corrected_by_the_measured_slope():
         net, table, [target], batches, evals=0, band=0.9, measure=measure
     )
     assert pick["attempts"] >= 2
-    assert 0.9 * target <= pick["selection_ms"] <= 1.1 * target
+    assert 0.9 * target <= pick["selection_ms"] <= target
 
 
 def test_nearby_paths_move_one_or_two_edges_by_the_asked_change():
