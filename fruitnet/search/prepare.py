@@ -96,28 +96,24 @@ def arch_loader(dm: Any, seed: int) -> DataLoader:
 def heldout_batches(module: Any, dm: Any, max_images: int) -> list[Any]:
     """The first ``max_images`` held-out images as device batches, transformed as in training:
     what the per-target selection scores paths on (fixed, so every path sees the same images)."""
-    n = min(int(max_images), len(dm.val_set))
-    loader = DataLoader(
-        BatchedDataset(dm.val_set),
-        batch_size=max(1, min(int(dm.batch_size), n)),
-        sampler=list(range(n)),
-        collate_fn=collate_batch,
-        num_workers=0,
-    )
-    return [module.trainer.strategy.batch_to_device(batch) for batch in loader]
+    return _device_batches(module, dm, dm.val_set, range(min(int(max_images), len(dm.val_set))))
 
 
 def calibration_batches(module: Any, dm: Any, max_images: int, seed: int) -> list[Any]:
     """``max_images`` training images drawn at random (the split is stored class by class) as
     device batches: what each path the selection scores recomputes its BatchNorm statistics on."""
-    n = min(int(max_images), len(dm.train_set))
-    if n <= 0:
-        return []
     order = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(seed))
+    return _device_batches(module, dm, dm.train_set, order[: max(0, int(max_images))].tolist())
+
+
+def _device_batches(module: Any, dm: Any, dataset: Any, indices: Any) -> list[Any]:
+    indices = list(indices)
+    if not indices:
+        return []
     loader = DataLoader(
-        BatchedDataset(dm.train_set),
-        batch_size=max(1, min(int(dm.batch_size), n)),
-        sampler=order[:n].tolist(),
+        BatchedDataset(dataset),
+        batch_size=max(1, min(int(dm.batch_size), len(indices))),
+        sampler=indices,
         collate_fn=collate_batch,
         num_workers=0,
     )

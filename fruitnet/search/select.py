@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from fruitnet.search.latency import LatencyTable
 from fruitnet.search.supernet import SuperNet
@@ -90,28 +91,19 @@ def path_accuracy(
     was_training = net.training
     for edge, k in zip(net.edges, choices, strict=True):
         edge.active, edge.involved, edge.gates = int(k), None, None
-    norms = (
-        [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if calib
-        else []
-    )
-    saved = [(m.momentum, [b.clone() for b in m.buffers()]) for m in norms]
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers()] for m in norms] if calib else []
     try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the calibration batches
         if calib:
-            net.train()
-            for x, _ in calib:
-                net(x)
+            # torch's SWA helper: reset, then a plain average over the batches in train mode
+            update_bn(calib, net)
         net.eval()
         correct = total = 0
         for x, y in batches:
             correct += int((net(x).argmax(-1) == y).sum())
             total += int(y.numel())
     finally:
-        for m, (momentum, buffers) in zip(norms, saved, strict=True):
-            m.momentum = momentum
+        for m, buffers in zip(norms, saved, strict=False):
             for b, old in zip(m.buffers(), buffers, strict=True):
                 b.copy_(old)
         net.train(was_training)

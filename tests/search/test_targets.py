@@ -364,3 +364,18 @@ def test_a_chosen_net_is_timed_on_the_calibrations_scale_through_its_yardstick()
     # wide bounds: beside other jobs on 2 cores a reading of the net against itself read 2x once
     # (a fresh clone's make test while a benchmark trained); without the yardstick it reads ~1 ms
     assert plain < 20.0 and 25.0 < against < 400.0, (plain, against)
+
+
+def test_scoring_a_path_with_recomputed_batchnorm_leaves_the_supernet_as_it_was():
+    """The recalibration changes the score (the statistics the path is read with) but restores
+    every running statistic after it, so the next path starts from the trained supernet."""
+    from fruitnet.search.select import path_accuracy
+
+    net, _, batches = _random_table(2)
+    calib = [(torch.randn(8, 3, 32, 32) * 3 + 2, torch.zeros(8, dtype=torch.long))]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    choices = [0] * len(net.edges)
+    path_accuracy(net, choices, batches, calib)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert net.training
