@@ -109,6 +109,7 @@ def build_module(cfg: DictConfig, dm: Any) -> ClassifierModule:
         task=dm.task,
         class_weights=dm.class_weights,
         label_smoothing=float(cfg.model.get("label_smoothing", 0.0)),
+        mixup=float(cfg.model.get("mixup", 0.0)),
         preprocess=dm.preprocess,
         channels_last=bool(cfg.model.get("channels_last", True)),
         compile=bool(cfg.model.get("compile", False)),

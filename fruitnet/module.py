@@ -22,6 +22,7 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
+from torchvision.transforms.v2 import MixUp
 
 from fruitnet.checkpoints import decide
 from fruitnet.models import create_model
@@ -99,6 +100,7 @@ class ClassifierModule(L.LightningModule):
         task: str = "multiclass",
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        mixup: float = 0.0,
         preprocess: dict[str, Any] | None = None,
         channels_last: bool = True,
         compile: bool = False,
@@ -121,6 +123,11 @@ class ClassifierModule(L.LightningModule):
         if compile:
             # Module.compile() compiles in place, so state_dict keys stay `net.*` (no `_orig_mod.`).
             self.net.compile()
+        if mixup < 0:
+            raise ValueError(f"model.mixup must be >= 0 (Beta's alpha; 0 = off), got {mixup!r}")
+        # torchvision's batch MixUp: each training batch blended with itself rolled by one, the
+        # targets the same blend of one-hot labels (Zhang et al. 2018)
+        self.mixup = MixUp(alpha=mixup, num_classes=num_classes) if mixup > 0 else None
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
 
@@ -156,16 +163,20 @@ class ClassifierModule(L.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         x, y = batch
+        target = y
+        if self.training and self.mixup is not None:
+            x, target = self.mixup(x, y)
         logits = self(x)
         loss = F.cross_entropy(
             logits.float(),
-            y,
+            target,
             weight=self.class_weight,
             label_smoothing=self.hparams.label_smoothing if self.training else 0.0,
         )
         return loss, logits, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # with mixup, train/acc is against each image's own label: a trend, not a score
         loss, logits, y = self._step(batch)
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), y)

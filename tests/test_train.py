@@ -185,3 +185,35 @@ def test_adam_optimizers_are_fused_as_configured(optimizer, tmp_path):
     opt = build_module(cfg, data).configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     assert not opt.defaults["fused"]
+
+
+def test_mixup_blends_training_batches_and_their_targets_only(tmp_path):
+    from fruitnet.module import ClassifierModule
+
+    def module(mixup: float) -> ClassifierModule:
+        return ClassifierModule(
+            model_name="cnn", num_classes=3, input_size=32, mixup=mixup,
+            optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        )  # fmt: skip
+
+    net = module(0.4)
+    seen = []
+    net.net.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    net.train()
+    loss, logits, labels = net._step((x, y))
+    # torchvision's MixUp blends each image with the one before it by one weight lam
+    rolled = x.roll(1, 0)
+    lam = float(((seen[0] - rolled) / (x - rolled)).flatten()[0])
+    assert 0.0 < lam < 1.0
+    torch.testing.assert_close(seen[0], lam * x + (1 - lam) * rolled, rtol=1e-4, atol=1e-4)
+    # the loss is the same blend of the two labels' losses; the metrics keep each image's label
+    ce = torch.nn.functional.cross_entropy
+    want = lam * ce(logits.float(), y) + (1 - lam) * ce(logits.float(), y.roll(1, 0))
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-4)
+    assert labels is y
+    net.eval()
+    net._step((x, y))
+    torch.testing.assert_close(seen[-1], x)
+    with pytest.raises(ValueError, match="model.mixup"):
+        module(-0.1)
