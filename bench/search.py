@@ -6,6 +6,7 @@ retrained with one recipe and budget over several seeds, and all of them timed w
     python bench/search.py                       # make bench-search: both datasets -> bench/SEARCH.md
     python bench/search.py --only chest          # one dataset -> logs/bench_search/<time>/SEARCH.md
     python bench/search.py --quick --out logs/SEARCH-quick.md
+    python bench/search.py --only chest --retime 3  # how far the recorded nets' timings move
 
 Per dataset, each command in its own process (printed in the report, paths as placeholders):
 1. `python -m fruitnet.train` for every reference (random init), one recipe and the same epochs,
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shutil
 import sys
 import time
@@ -87,8 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "of the threads (the search and the timings run alone)")  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="paths.cache_dir (latency table, images)")
     p.add_argument("--rounds", type=int, default=9, help="latency rounds over all nets (9: "
-                   "a 0.54 ms net read 0.55-0.74 ms in three calls of 3 rounds, 0.540-0.544 "
-                   "in three calls of 9, on a 2-core Xeon)")  # fmt: skip
+                   "what --retime showed steady, bench/README.md)")  # fmt: skip
+    p.add_argument("--retime", type=int, default=0, metavar="CALLS", help="only time the "
+                   "recorded searched nets of each dataset CALLS times, one interleaved call each "
+                   "at --rounds and --repeats, ORT against the search's yardstick, and print "
+                   "each call's readings: how far one final timing can move (no report)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=100, help="timed runs per net and round")
     args = p.parse_args(argv)
     if args.quick:
@@ -204,10 +209,30 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
             "yardstick_now_ms": yard_now}  # fmt: skip
 
 
+def retime(args, ds: dict) -> None:
+    """`--retime`: the searched nets of ``ds``'s records (seed 0), timed ``args.retime`` times."""
+    records = sorted(args.record.glob(f"{ds['name']}_train_searched_*_seed0.json"),
+                     key=lambda p: float(p.name.split("_")[-2].removesuffix("ms")))  # fmt: skip
+    specs = [json.loads(p.read_text())["net"] for p in records]
+    search = json.loads((args.record / f"{ds['name']}_search.json").read_text())["results"]
+    classes = int(specs[0]["num_classes"])
+    labels = " ".join(p.name.split("_")[-2] for p in records)
+    print(f"{ds['name']}: searched nets {labels}; {args.rounds} rounds x {args.repeats} runs")
+    for call in range(args.retime):
+        times, _ = sr.measure_latency(specs, int(ds["size"]), classes=classes, rounds=args.rounds,
+                                      repeats=args.repeats, eager=False,
+                                      yardstick=search.get("latency_yardstick"))  # fmt: skip
+        print(f"  call {call + 1}: " + " ".join(f"{t['ort_ms']:.3f}" for t in times), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.status:
         print("\n".join(search_record.status(args.record)) or f"no records in {args.record}")
+        return
+    if args.retime:
+        for ds in args.datasets:
+            retime(args, ds)
         return
     t_start = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

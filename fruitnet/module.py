@@ -126,7 +126,8 @@ class ClassifierModule(L.LightningModule):
         if mixup < 0:
             raise ValueError(f"model.mixup must be >= 0 (Beta's alpha; 0 = off), got {mixup!r}")
         # torchvision's batch MixUp: each training batch blended with itself rolled by one, the
-        # targets the same blend of one-hot labels (Zhang et al. 2018)
+        # targets the same blend of one-hot labels (Zhang et al. 2018). With class weights, torch
+        # averages soft-target losses over the batch rather than over the weights: a scale only
         self.mixup = MixUp(alpha=mixup, num_classes=num_classes) if mixup > 0 else None
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)

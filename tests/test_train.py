@@ -187,7 +187,7 @@ def test_adam_optimizers_are_fused_as_configured(optimizer, tmp_path):
     assert not opt.defaults["fused"]
 
 
-def test_mixup_blends_training_batches_and_their_targets_only(tmp_path):
+def test_mixup_blends_training_batches_and_their_targets_only():
     from fruitnet.module import ClassifierModule
 
     def module(mixup: float) -> ClassifierModule:

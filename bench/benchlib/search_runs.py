@@ -226,7 +226,8 @@ def profile(spec: dict[str, Any], size: int) -> dict[str, Any]:
 
 
 def measure_latency(specs: list[dict], size: int, *, classes: int, rounds: int, repeats: int,
-                    yardstick: dict | None = None) -> tuple[list[dict], float | None]:  # fmt: skip
+                    yardstick: dict | None = None, eager: bool = True,
+                    ) -> tuple[list[dict], float | None]:  # fmt: skip
     """Batch-1 fp32 latency of each trained net (rebuilt from its hyper-parameters with fresh
     weights: the time does not depend on them) in ORT (as exported: uint8 in, BN folded) and in
     eager torch (channels_last), torch's thread count: the median of ``repeats`` runs in
@@ -234,7 +235,8 @@ def measure_latency(specs: list[dict], size: int, *, classes: int, rounds: int, 
     search's ``yardstick`` (``{"arch", "ms"}``, `space_range`), every ORT reading counts against
     it and the ORT times are on the calibration's scale, the one the targets are in, however
     this machine's speed has moved since; also returned: the yardstick's own time now (ms).
-    Without, the best round (a round slowed by another process reads high, never low)."""
+    Without, the best round (a round slowed by another process reads high, never low).
+    ``eager=False``: ORT only (``eager_ms`` None)."""
     from fruitnet.search.runtimes import time_modules, whole_net
 
     nets = [search_record.build_net(s) for s in specs]
@@ -251,7 +253,8 @@ def measure_latency(specs: list[dict], size: int, *, classes: int, rounds: int, 
         # the yardstick also as an entry: its time now, on this call's own scale
         *now, yard_now = time_modules([*items, yard], yardstick=yard, **ort, **timing)
         ort_ms = [ms * float(yardstick["ms"]) / yard_now for ms in now]
-    eager_ms = time_modules([(net, shape) for net, _ in nets], runtime="torch", **timing)
+    eager_ms = (time_modules([(net, shape) for net, _ in nets], runtime="torch", **timing)
+                if eager else [None] * len(nets))  # fmt: skip
     return [{"ort_ms": o, "eager_ms": e} for o, e in zip(ort_ms, eager_ms, strict=True)], yard_now
 
 

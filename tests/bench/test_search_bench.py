@@ -166,6 +166,31 @@ def test_a_partial_run_never_writes_bench_search_md(tmp_path):
     assert quick.seeds == 1 and quick.out == tmp_path / "SEARCH.md"
 
 
+def test_retime_times_each_recorded_searched_net_once_a_call(tmp_path, capsys):
+    """--retime on the committed chest records: one line of readings per call, one positive
+    reading per searched net, smallest target first, and no report written."""
+    spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    records = sorted((REPO / "bench" / "runs" / "search").glob("chest_train_searched_*_seed0.json"))
+    bench.main(["--only", "chest", "--chest", str(tmp_path), "--work", str(tmp_path),
+                "--retime", "2", "--rounds", "1", "--repeats", "2"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    head, calls = lines[0], [line for line in lines if line.strip().startswith("call ")]
+    labels = head.split("searched nets ")[1].split(";")[0].split()
+    assert len(labels) == len(records) > 1
+    assert [float(x.removesuffix("ms")) for x in labels] == sorted(
+        float(x.removesuffix("ms")) for x in labels
+    )
+    assert len(calls) == 2
+    for line in calls:
+        readings = [float(x) for x in line.split(":")[1].split()]
+        assert len(readings) == len(records) and all(r > 0 for r in readings)
+    assert not (tmp_path / "SEARCH.md").exists()
+
+
 @pytest.mark.slow  # a whole benchmark in subprocesses: about 4 min on a 2-core CPU
 def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     out = tmp_path / "SEARCH.md"
