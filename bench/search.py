@@ -133,7 +133,8 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
 
     def retrain(nets: list[dict], rerun: bool = False) -> None:
         jobs = [
-            ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed)],
+            ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed),
+                                *ds.get("retrain_overrides", [])],
              args.work / f"{name}_train_{sr.slug(net['label'])}_seed{seed}", rerun)
             for net in nets for seed in range(args.seeds)
         ]  # fmt: skip
@@ -195,7 +196,10 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     rows = []
     for net, spec, t in zip(nets, specs, times, strict=True):
         acc_mean, acc_std = spread([float(r["test_acc"]) for r in net["runs"]])
+        aurocs = [r.get("test_auroc") for r in net["runs"]]
+        auroc_mean, auroc_std = spread(aurocs) if None not in aurocs else (None, None)
         rows.append({
+            "auroc_mean": auroc_mean, "auroc_std": auroc_std,
             "label": net["label"], "searched": net["searched"], "target_ms": net["target_ms"],
             "acc_mean": acc_mean, "acc_std": acc_std, "seeds": len(net["runs"]), **t,
             **sr.profile(spec, size),

@@ -31,6 +31,7 @@ def render(args, results: Sequence[dict[str, Any]], commands: list[str], total_m
         search_epochs=args.search_epochs, search_minutes=args.search_minutes,
         warmup_epochs=args.warmup_epochs, retrain_epochs=" / ".join(f"{r['dataset']['retrain_epochs']} ({r['dataset']['folder']})"
                                   for r in results),
+        augment=" / ".join(f"{_augment(r['dataset'])} ({r['dataset']['folder']})" for r in results),
         retrain_minutes=args.retrain_minutes, batch=args.batch, rounds=args.rounds, jobs=args.jobs,
         threads_per_job=max(1, threads // max(1, args.jobs)),
         repeats=args.repeats, within=100 * WITHIN, search_max=SEARCH_MAX_MIN,
@@ -110,22 +111,35 @@ def scale_words(res: dict[str, Any]) -> str:
     )
 
 
+def _augment(ds: dict[str, Any]) -> str:
+    """The retrains' ``data.augment`` on dataset ``ds`` (bench/cases/search.yaml), else none."""
+    given = [
+        o.split("=", 1)[1] for o in ds.get("retrain_overrides", []) if o.startswith("data.augment=")
+    ]
+    return f"`{given[-1]}`" if given else "none"
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
 def nets_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per net; binary datasets get test AUROC beside accuracy (the ranking of the films
+    apart from where argmax cuts it, which a test split from other sources moves)."""
+    auroc = all(r.get("auroc_mean") is not None for r in rows)
     lines = [
-        f"| net | target ms | test acc % (mean ± std) | seeds | {RUNTIME} ms | eager torch ms "
-        "| params | MiB (fp32) | MFLOPs | search min | retrain min (per seed) | epochs "
-        f"| {RUNTIME} ms at the search's end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| net | target ms | test acc % (mean ± std) | "
+        + ("test AUROC | " if auroc else "")
+        + f"seeds | {RUNTIME} ms | eager torch ms | params | MiB (fp32) | MFLOPs | search min "
+        f"| retrain min (per seed) | epochs | {RUNTIME} ms at the search's end |",
+        "| --- " + "| ---: " * (13 if auroc else 12) + "|",
     ]
     for r in rows:
         target = f"{r['target_ms']:g}" if r["target_ms"] is not None else ""
+        ranked = f"{r['auroc_mean']:.3f} ± {r['auroc_std']:.3f} | " if auroc else ""
         lines.append(
             f"| {r['label']} | {target} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
-            f"| {r['seeds']} | {r['ort_ms']:.2f} | {r['eager_ms']:.2f} | {r['params']:,} "
+            f"| {ranked}{r['seeds']} | {r['ort_ms']:.2f} | {r['eager_ms']:.2f} | {r['params']:,} "
             f"| {r['fp32_mib']:.2f} | {r['flops'] / 1e6:.1f} | {fmt(r['search_min'], '.1f')} "
             f"| {r['retrain_min']:.1f} | {r['epochs']} | {fmt(r.get('search_ms'), '.2f')} |"
         )

@@ -18,7 +18,10 @@ HEADS = ("flatten", "avg")
 # none: the study's input; image: each image standardised to zero mean, unit variance over its
 # pixels, inside the net, so eval, predict, export and Grad-CAM get it from the checkpoint. X-rays
 # from another site differ in exposure and contrast; the net then sees the same range from both.
-INPUT_NORMS = ("none", "image")
+# equalize: each image's histogram equalised (any monotonic change of its grey levels undone),
+# the classic X-ray normalisation, also inside the net.
+INPUT_NORMS = ("none", "image", "equalize")
+LEVELS = 256
 
 
 def feature_side(input_size: int) -> int:
@@ -48,6 +51,8 @@ class BasicCNN(nn.Module):
     (260,071 parameters with 131 classes), and no weight is tied to a place in the image.
     ``input_norm="image"`` standardises each image over all its pixels first (module
     ``features.standardize``, no weights), so brightness and contrast no longer carry a signal.
+    ``input_norm="equalize"`` maps each pixel to its grey level's mid-rank in its image (module
+    ``features.equalize``, `Equalize`), so no monotonic change of the levels does.
     """
 
     def __init__(
@@ -72,6 +77,8 @@ class BasicCNN(nn.Module):
             # One group, no affine: per-sample standardisation over (C, H, W), weight-free, so
             # the state_dict keys stay the study's
             layers.insert(0, ("standardize", nn.GroupNorm(1, CHANNELS[0], affine=False)))
+        elif input_norm == "equalize":
+            layers.insert(0, ("equalize", Equalize()))
         self.features = nn.Sequential(OrderedDict(layers))
         pool = {"pool": nn.AdaptiveAvgPool2d(1)} if head == "avg" else {}
         flat = CHANNELS[-1] * (1 if pool else feature_side(input_size) ** 2)
@@ -90,6 +97,26 @@ class BasicCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class Equalize(nn.Module):
+    """Histogram equalisation of each image over all its pixels: a pixel becomes the share of
+    the image's pixels below its grey level plus half of those at it (its mid-rank), in (0, 1).
+
+    The image is first stretched to its own min..max and cut into `LEVELS` levels, so the input's
+    scaling (/255, mean/std) does not matter, and equal pixels stay equal (a flat border is one
+    level, not a ramp). torchvision's ``equalize`` works on uint8 images on the loader side; this
+    one runs in the net, so eval, predict, export (ONNX ScatterElements, opset 16+) and Grad-CAM
+    get it from the checkpoint."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.float().flatten(1)
+        lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+        level = ((flat - lo) / (hi - lo).clamp_min(1e-6) * (LEVELS - 1)).round().long()
+        ones = torch.ones_like(flat)
+        hist = torch.zeros(flat.shape[0], LEVELS, device=x.device).scatter_add_(1, level, ones)
+        mid_rank = (hist.cumsum(1) - hist / 2) / flat.shape[1]
+        return mid_rank.gather(1, level).view_as(x)
 
 
 def _conv_stages() -> list[tuple[str, nn.Module]]:

@@ -217,6 +217,7 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
     assert proc.stdout.count("finished in an earlier run, kept") == 4, proc.stdout
     text = out.read_text()
     assert "QUICK RUN" in text
+    assert "augmentation: none (fruits-360-small) / `crop_erase` (chest_xray-small)" in text
     for folder, name in [("fruits-360-small", "fruits"), ("chest_xray-small", "chest")]:
         assert f"## {folder}" in text
         assert (tmp_path / f"search_front_{name}.png").stat().st_size > 10_000
@@ -226,11 +227,23 @@ def test_search_bench_quick_writes_the_report(tmp_path, shared_data):
         searched = [r for r in rows if r.startswith("| searched")]
         # one search, two targets (--quick), each retrained; the two --quick references
         assert len(searched) == 2 and len(rows) == 4, section
+        head = next(ln for ln in section.splitlines() if ln.startswith("| net |"))
+        col = {c.strip(): i for i, c in enumerate(head.strip("|").split("|"))}
+        # test AUROC beside accuracy for the binary set only
+        assert ("test AUROC" in col) == (name == "chest"), head
         for r in rows:
             cells = [c.strip() for c in r.strip("|").split("|")]
-            acc, ort_ms, eager_ms = cells[2], float(cells[4]), float(cells[5])
-            assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", acc)
-            assert ort_ms > 0 and eager_ms > 0
+            assert len(cells) == len(col), r
+            assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cells[col["test acc % (mean ± std)"]])
+            assert float(cells[col["onnxruntime ms"]]) > 0
+            assert float(cells[col["eager torch ms"]]) > 0
+            if name == "chest":
+                assert re.fullmatch(r"[01]\.\d{3} ± \d\.\d{3}", cells[col["test AUROC"]])
+        # Every retrain on chest, searched or reference, gets the chest recipe's augmentation
+        trains = [ln for ln in text.splitlines() if ln.startswith("python -m fruitnet.train ")]
+        mine = [ln for ln in trains if f"<{folder}>" in ln]
+        assert len(mine) == 4
+        assert all(("data.augment=crop_erase" in ln) == (name == "chest") for ln in mine), mine
         for goal in ("(1)", "(2) at each", "(3)"):
             assert re.search(rf"\| {re.escape(goal)}[^|]*\| (PASS|MISS) \|", section), goal
     assert re.search(r"\| fruits-360-small \| \(4\)[^|]*\| (PASS|MISS) \|", text)

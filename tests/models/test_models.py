@@ -228,6 +228,34 @@ def test_cnn_input_norm_image_ignores_exposure_and_contrast():
         create_model("cnn", num_classes=2, input_norm="batch")
 
 
+def test_cnn_input_norm_equalize_undoes_any_monotonic_change_of_grey_levels():
+    torch.manual_seed(0)
+    plain = create_model("cnn", num_classes=2, input_size=32).eval()
+    eq = create_model("cnn", num_classes=2, input_size=32, input_norm="equalize").eval()
+    assert eq.state_dict().keys() == plain.state_dict().keys()
+    eq.load_state_dict(plain.state_dict())
+    # 32 grey levels, the same in the three channels (an X-ray), a flat black border
+    grey = torch.randint(0, 32, (2, 1, 32, 32)).float() / 31
+    grey[:, :, :4] = 0.0
+    x = grey.expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        out = eq.features.equalize(x)
+        # Mid-ranks: in (0, 1), equal levels equal (the border is one value, not a ramp), order kept
+        assert out.min() > 0 and out.max() < 1
+        assert out[:, :, :4].unique().numel() == 2  # one value per image
+        a, b = x[0].flatten(), out[0].flatten()
+        assert torch.equal(torch.sign(a[:, None] - a[None]), torch.sign(b[:, None] - b[None]))
+        # The mean mid-rank is 1/2 whatever the image
+        assert torch.allclose(out.mean((1, 2, 3)), torch.full((2,), 0.5), atol=1e-6)
+        # A monotonic change of the levels (gamma, then exposure and contrast) changes nothing
+        # (the levels 8 apart in 0..255, so no two merge when they are cut into 256 again)
+        changed = (x**1.5) * 0.6 + 0.2
+        assert torch.allclose(eq(changed), eq(x), atol=1e-5)
+        assert not torch.allclose(plain(changed), plain(x), atol=1e-3)
+        # ImageNet-style normalisation of the input neither
+        assert torch.allclose(eq((x - 0.45) / 0.22), eq(x), atol=1e-5)
+
+
 def test_cnn_computes_the_study_order_conv_relu_pool():
     model = create_model("cnn", num_classes=7).eval()
     convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
