@@ -208,13 +208,19 @@ def test_cnn_avg_head_pools_before_fc1_at_any_input_size():
         create_model("cnn", num_classes=2, head="max")
 
 
-def test_cnn_input_norm_image_ignores_exposure_and_contrast():
+def _plain_and_normed(input_norm: str, size: int):
+    """The CNN without and with ``input_norm``, the same weights in both: the norm is weight-free,
+    so its state_dict has the study's keys and the study's weights load into it."""
     torch.manual_seed(0)
-    plain = create_model("cnn", num_classes=2, input_size=64).eval()
-    norm = create_model("cnn", num_classes=2, input_size=64, input_norm="image").eval()
-    # Weight-free: the same keys, so the study's weights load into it
-    assert norm.state_dict().keys() == plain.state_dict().keys()
-    norm.load_state_dict(plain.state_dict())
+    plain = create_model("cnn", num_classes=2, input_size=size).eval()
+    normed = create_model("cnn", num_classes=2, input_size=size, input_norm=input_norm).eval()
+    assert normed.state_dict().keys() == plain.state_dict().keys()
+    normed.load_state_dict(plain.state_dict())
+    return plain, normed
+
+
+def test_cnn_input_norm_image_ignores_exposure_and_contrast():
+    plain, norm = _plain_and_normed("image", 64)
     x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         # Per image: one image's exposure does not change another's logits
@@ -229,11 +235,7 @@ def test_cnn_input_norm_image_ignores_exposure_and_contrast():
 
 
 def test_cnn_input_norm_equalize_undoes_any_monotonic_change_of_grey_levels():
-    torch.manual_seed(0)
-    plain = create_model("cnn", num_classes=2, input_size=32).eval()
-    eq = create_model("cnn", num_classes=2, input_size=32, input_norm="equalize").eval()
-    assert eq.state_dict().keys() == plain.state_dict().keys()
-    eq.load_state_dict(plain.state_dict())
+    plain, eq = _plain_and_normed("equalize", 32)
     # 32 grey levels, the same in the three channels (an X-ray), a flat black border
     grey = torch.randint(0, 32, (2, 1, 32, 32)).float() / 31
     grey[:, :, :4] = 0.0
