@@ -105,9 +105,10 @@ class Equalize(nn.Module):
 
     The image is first stretched to its own min..max and cut into `LEVELS` levels, so the input's
     scaling (/255, mean/std) does not matter, and equal pixels stay equal (a flat border is one
-    level, not a ramp). torchvision's ``equalize`` works on uint8 images on the loader side; this
-    one runs in the net, so eval, predict, export (ONNX ScatterElements, opset 16+) and Grad-CAM
-    get it from the checkpoint."""
+    level, not a ramp). Not torchvision's ``equalize``, which also runs on float batches and
+    exports: it reads floats as 0..1, so a norm=true (ImageNet mean/std) input comes out wrong
+    (every pixel moved by up to 1.0 against the same image unnormalised). In the net, eval,
+    predict, export (ONNX ScatterElements, opset 16+) and Grad-CAM get it from the checkpoint."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.float().flatten(1)
