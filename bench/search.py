@@ -134,7 +134,7 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     def retrain(nets: list[dict], rerun: bool = False) -> None:
         jobs = [
             ("fruitnet.train", [*net["overrides"], *common, *run.filled("recipe", data, seed),
-                                *ds.get("retrain_overrides", [])],
+                                *ds.get("train_overrides", [])],
              args.work / f"{name}_train_{sr.slug(net['label'])}_seed{seed}", rerun)
             for net in nets for seed in range(args.seeds)
         ]  # fmt: skip
@@ -177,7 +177,7 @@ def bench_dataset(args, run: sr.Runner, ds: dict) -> dict | None:
     print(f"{name}: space {lo:.3f} .. {hi:.3f} ms in ORT, references {refs_ms} -> "
           f"targets {targets}", flush=True)  # fmt: skip
     search_args = [*common, *run.filled("search", data)]
-    search_args += CASES["quick_search"] if args.quick else []
+    search_args += [*ds.get("train_overrides", []), *(CASES["quick_search"] if args.quick else [])]
     search_args.append(f"search.targets=[{','.join(f'{t:g}' for t in targets)}]")
     search = run("fruitnet.search", search_args, args.work / f"{name}_search", places)
     searched = [

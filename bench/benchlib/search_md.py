@@ -112,9 +112,9 @@ def scale_words(res: dict[str, Any]) -> str:
 
 
 def _augment(ds: dict[str, Any]) -> str:
-    """The retrains' ``data.augment`` on dataset ``ds`` (bench/cases/search.yaml), else none."""
+    """The ``data.augment`` of every training (search and retrains) on dataset ``ds`` (bench/cases/search.yaml), else none."""
     given = [
-        o.split("=", 1)[1] for o in ds.get("retrain_overrides", []) if o.startswith("data.augment=")
+        o.split("=", 1)[1] for o in ds.get("train_overrides", []) if o.startswith("data.augment=")
     ]
     return f"`{given[-1]}`" if given else "none"
 

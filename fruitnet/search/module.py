@@ -37,6 +37,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from fruitnet.search.latency import LatencyTable, latency_loss
+from fruitnet.search.prepare import held_out_to_device
 from fruitnet.search.space import SearchSpace
 from fruitnet.search.supernet import SuperNet
 
@@ -103,8 +104,7 @@ class SearchModule(L.LightningModule):
         except StopIteration:
             self._arch_iter = iter(self.arch_loader)
             batch = next(self._arch_iter)
-        # The same device move and batch transform (uint8 -> float, normalisation) as training.
-        return self.trainer.strategy.batch_to_device(batch)
+        return held_out_to_device(self, batch)
 
     def _timer(self) -> Timer | None:
         if self._trainer is None:

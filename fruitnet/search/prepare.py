@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -94,8 +95,8 @@ def arch_loader(dm: Any, seed: int) -> DataLoader:
 
 
 def heldout_batches(module: Any, dm: Any, max_images: int) -> list[Any]:
-    """The first ``max_images`` held-out images as device batches, transformed as in training:
-    what the per-target selection scores paths on (fixed, so every path sees the same images)."""
+    """The first ``max_images`` held-out images as device batches, never augmented: what the
+    per-target selection scores paths on (fixed, so every path sees the same images)."""
     return _device_batches(module, dm, dm.val_set, range(min(int(max_images), len(dm.val_set))))
 
 
@@ -117,4 +118,15 @@ def _device_batches(module: Any, dm: Any, dataset: Any, indices: Any) -> list[An
         collate_fn=collate_batch,
         num_workers=0,
     )
-    return [module.trainer.strategy.batch_to_device(batch) for batch in loader]
+    return [held_out_to_device(module, batch) for batch in loader]
+
+
+def held_out_to_device(module: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` on the module's device, transformed as evaluation transforms them,
+    whatever the trainer's stage. The architecture steps and the per-target choice measure the
+    held-out split, so it is never augmented (as in the paper, whose architecture steps read
+    validation images transformed as for the test); moved through the trainer, they would take
+    the training augmentation (`data.augment`) during fit. The BatchNorm recomputation's training
+    images get the same inputs the held-out scores are then taken on."""
+    images, labels = move_data_to_device(batch, module.trainer.strategy.root_device)
+    return module.trainer.datamodule.batch_transform(images, train=False), labels

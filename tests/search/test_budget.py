@@ -1,5 +1,6 @@
 """A search under trainer.max_time: the warm-up and the architecture phase laid over the budget,
-and a run in which no architecture step ran presented as what it is, never as a searched arch."""
+and a run in which no architecture step ran presented as what it is, never as a searched arch.
+Also: the held-out split the architecture steps read is never augmented."""
 
 from __future__ import annotations
 
@@ -107,3 +108,34 @@ def test_a_capped_search_makes_arch_steps_in_proportion_to_its_budget(tmp_path, 
     # ... so the architecture phase had about half the steps (the steps' pace varies a little)
     assert weight >= 8 and 0.3 <= arch / weight <= 0.7, (arch, weight)
     assert (run_dir / "arch.json").is_file()
+
+
+def test_only_the_weight_steps_batches_are_augmented(tmp_path, data_dir, caplog, monkeypatch):
+    """With data.augment set, the training batches of the weight steps are augmented and the
+    held-out batches (architecture steps, each target's choice) never are: moved through the
+    trainer during fit, they used to take the training augmentation."""
+    from fruitnet.data.transforms import BatchTransform
+
+    calls: list[bool] = []
+    forward = BatchTransform.forward
+
+    def spy(self, x, train=False):
+        calls.append(bool(train))
+        return forward(self, x, train=train)
+
+    monkeypatch.setattr(BatchTransform, "forward", spy)
+    results = _search(
+        [
+            "data.augment=crop_erase",
+            "+callbacks.pace.seconds=0",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "search.warmup_epochs=0",
+        ],
+        tmp_path / "aug",
+        data_dir,
+        caplog,
+    )
+    assert results["weight_steps"] == 3 and results["arch_steps"] == 3
+    assert calls.count(True) == results["weight_steps"]
+    assert calls.count(False) >= results["arch_steps"]
