@@ -112,7 +112,8 @@ def scale_words(res: dict[str, Any]) -> str:
 
 
 def _augment(ds: dict[str, Any]) -> str:
-    """The ``data.augment`` of every training (search and retrains) on dataset ``ds`` (bench/cases/search.yaml), else none."""
+    """The ``data.augment`` of every training (search and retrains) on dataset ``ds``
+    (``train_overrides`` in bench/cases/search.yaml), else none."""
     given = [
         o.split("=", 1)[1] for o in ds.get("train_overrides", []) if o.startswith("data.augment=")
     ]
