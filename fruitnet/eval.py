@@ -27,6 +27,11 @@ border and corner-marker shortcuts), overall and per class. Every eval compares 
 validation accuracy with this test accuracy: over 10 points apart, one warning line and
 `val_warning: true` (the validation split does not look like the test data).
 
+`adapt_bn=true`: test-time BatchNorm adaptation (`fruitnet.batchnorm`): before scoring, the
+net's BatchNorm statistics become those of the test images (labels unused); results.json records
+it (`adapt_bn`: layers and images). For test images from another scanner or site than the
+training images (bench/CHEST_BN_SHIFT.md); the scores then hold for this set of images.
+
 `explain=auto` (the default) makes the Grad-CAM maps when the explain extra is installed
 (`pip install 'fruitnet[explain]'`), and otherwise says so in one line.
 
@@ -53,6 +58,7 @@ from fruitnet import explain as cam
 from fruitnet import plots
 from fruitnet.analysis import mistakes, per_class_rows, write_csv
 from fruitnet.assemble import build_datamodule, build_trainer
+from fruitnet.batchnorm import adapt_batchnorm, batchnorm_layers
 from fruitnet.callbacks import KeepTestOutputs
 from fruitnet.checkpoints import (
     class_names_of,
@@ -103,6 +109,20 @@ def load_for_eval(cfg: DictConfig) -> tuple[ClassifierModule, dict[str, Any], st
     if not dm.num_test:
         raise ValueError(f"the dataset at {dm.data_root} has no test images")
     return module, stored, preset, dm
+
+
+def adapt_to_test_images(module: ClassifierModule, dm: Any) -> dict[str, int]:
+    """adapt_bn=true: the BatchNorm statistics of the test images (`fruitnet.batchnorm`), read in
+    the checkpoint's evaluation pipeline (no augmentation), on the CPU, labels unused."""
+    batches = (dm.batch_transform(x, train=False) for x, _ in dm.test_dataloader())
+    images = adapt_batchnorm(module, batches)
+    layers = len(batchnorm_layers(module.net))
+    log.info(
+        "adapt_bn: %d BatchNorm layers now hold the statistics of the %d test images",
+        layers,
+        images,
+    )
+    return {"layers": layers, "images": images}
 
 
 def write_artifacts(
@@ -182,6 +202,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     explain = cam.wanted(cfg.get("explain", "auto"), log)  # explain=true without Captum: stop now
     module, stored, preset, dm = load_for_eval(cfg)
     names = class_names_of(module)
+    adapted = adapt_to_test_images(module, dm) if cfg.get("adapt_bn") else None
 
     outputs = KeepTestOutputs()
     trainer = build_trainer(cfg, [outputs], [])
@@ -200,6 +221,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     values.update(
         val_check(trained["val_acc"], metrics.get("test_acc")),
+        adapt_bn=adapted,
         trained=trained,
         precision=str(trainer.precision),
         num_test=len(labels),

@@ -32,6 +32,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from fruitnet.batchnorm import adapt_batchnorm
 from fruitnet.checkpoints import class_names_of, decide, load_network
 from fruitnet.config import CONFIG_PATH, check_keys, run_entry
 from fruitnet.data.io import CorruptImageError, check_image, is_image_file, load_image
@@ -97,6 +98,20 @@ class Predictor:
         """uint8 ``N x 3 x S x S`` (as `load_image` gives) -> float32 ``N x classes`` on the CPU."""
         x = self.transform(images.to(self.device))
         return self.module(x).float().softmax(-1).cpu()
+
+    def adapt(self, paths: Sequence[Path], *, batch_size: int = 32) -> int:
+        """adapt_bn=true: the network's BatchNorm statistics become those of the readable images
+        in ``paths`` (`fruitnet.batchnorm`); returns how many were read."""
+
+        def batches() -> Iterator[torch.Tensor]:
+            for chunk in _chunks(paths, batch_size):
+                images = [img for p in chunk if (img := self.read(p, strict=False)) is not None]
+                if images:
+                    yield self.transform(torch.stack(images).to(self.device))
+
+        seen = adapt_batchnorm(self.module, batches())
+        log.info("adapt_bn: BatchNorm statistics of the %d input images", seen)
+        return seen
 
     def read(self, path: Path, *, strict: bool) -> torch.Tensor | None:
         """Decode one file; a broken one raises (strict) or is skipped with a warning."""
@@ -234,6 +249,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         more = f" and {len(inputs.skipped) - 5} more" if len(inputs.skipped) > 5 else ""
         log.info("skipped %d non-image file(s): %s%s", len(inputs.skipped), names, more)
     predictor = Predictor(load_network(cfg.ckpt_path), resolve_device(cfg.device))
+    if cfg.get("adapt_bn"):
+        predictor.adapt(inputs.images, batch_size=cfg.batch_size)
     if predictor.threshold is not None:
         log.info(
             "%s when P(%s) > %.3f (the checkpoint's threshold), else %s",

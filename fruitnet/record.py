@@ -63,6 +63,9 @@ EVAL_KEYS: tuple[str, ...] = (
     "per_class_acc", "confusion_matrix", "num_test", "num_mistakes",
     # the checkpoint's validation accuracy against this test split (`val_check`)
     "val_test_gap", "val_warning",
+    # adapt_bn=true: {"layers", "images"} whose BatchNorm statistics the scores used (null: the
+    # checkpoint's own; fruitnet.batchnorm)
+    "adapt_bn",
     # two classes with Grad-CAM: mean share of the maps' positive mass in the central box
     # (fruitnet.explain.focus), over all test images and per class
     "cam_central_share", "cam_central_share_per_class",
