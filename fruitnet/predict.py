@@ -103,6 +103,8 @@ class Predictor:
         """adapt_bn=true: the network's BatchNorm statistics become those of the readable images
         in ``paths`` (`fruitnet.batchnorm`); returns how many were read."""
 
+        # Decoded here and again by `predict`: a folder of thousands of films is never held in
+        # memory whole, for the price of a second decode.
         def batches() -> Iterator[torch.Tensor]:
             for chunk in _chunks(paths, batch_size):
                 images = [img for p in chunk if (img := self.read(p, strict=False)) is not None]
