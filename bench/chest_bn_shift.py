@@ -20,15 +20,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_recall,
+    binary_specificity,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,6 +43,8 @@ from benchlib.common import REPO, find_dataset  # noqa: E402
 
 from fruitnet.batchnorm import adapt_batchnorm, batchnorm_layers  # noqa: E402
 from fruitnet.checkpoints import load_network  # noqa: E402
+from fruitnet.data.io import load_image  # noqa: E402
+from fruitnet.data.transforms import image_spec  # noqa: E402
 from fruitnet.predict import Predictor  # noqa: E402
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -43,10 +52,13 @@ WAYS = ("as trained", "precise BN (training films)", "test-time BN (test films, 
 RUN = re.compile(r"^chest_train_(?P<net>.+)_seed(?P<seed>\d+)$")
 
 
-def films(split: Path) -> tuple[list[Path], torch.Tensor]:
-    """``split/{NORMAL,PNEUMONIA}/*`` -> paths and labels (PNEUMONIA = 1)."""
+@functools.lru_cache(maxsize=4)
+def films(split: Path, spec: tuple[tuple[str, Any], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split/{NORMAL,PNEUMONIA}/*`` decoded as ``spec`` (`image_spec` items) -> uint8 images and
+    labels (PNEUMONIA = 1); kept for the next checkpoint with the same preprocessing."""
     pairs = [(p, y) for y, c in enumerate(CLASSES) for p in sorted((split / c).iterdir())]
-    return [p for p, _ in pairs], torch.tensor([y for _, y in pairs])
+    images = torch.stack([load_image(p, **dict(spec)) for p, _ in pairs])
+    return images, torch.tensor([y for _, y in pairs])
 
 
 def with_statistics_of(net: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
@@ -58,38 +70,43 @@ def with_statistics_of(net: nn.Module, batches: list[torch.Tensor]) -> nn.Module
 
 
 def score(p1: torch.Tensor, y: torch.Tensor, cut: float) -> dict[str, float]:
-    """Accuracy, specificity, sensitivity (%), AUROC and the mean P(PNEUMONIA) of NORMAL films."""
-    call = (p1 > cut).long()
+    """Accuracy, specificity, sensitivity (%), AUROC and the mean P(PNEUMONIA) of NORMAL films;
+    PNEUMONIA when P(PNEUMONIA) > cut, as `fruitnet.checkpoints.decide` calls it."""
     return {
-        "acc": 100 * (call == y).float().mean().item(),
-        "spec": 100 * (call[y == 0] == 0).float().mean().item(),
-        "sens": 100 * (call[y == 1] == 1).float().mean().item(),
+        "acc": 100 * binary_accuracy(p1, y, threshold=cut).item(),
+        "spec": 100 * binary_specificity(p1, y, threshold=cut).item(),
+        "sens": 100 * binary_recall(p1, y, threshold=cut).item(),
         "auroc": binary_auroc(p1, y).item(),
         "p_normal": p1[y == 0].mean().item(),
     }
 
 
-def three_ways(ckpt: Path, test: Path, train: Path, batch: int = 40) -> list[dict[str, float]]:
-    """`score` of one checkpoint on ``test``: as trained, precise BN, test-time BN."""
+def three_ways(
+    ckpt: Path, test: Path, train: Path, batch: int = 40
+) -> tuple[int, list[dict[str, float]]]:
+    """One checkpoint's BatchNorm layer count and its `score` on ``test``: as trained, precise
+    BN, test-time BN."""
     net = load_network(ckpt)
     pred = Predictor(net)
     cut = net.threshold if net.threshold is not None else 0.5
+    spec = tuple(sorted(image_spec(pred.preprocess).items()))
 
-    def batches(paths: list[Path]) -> list[torch.Tensor]:
-        images = torch.stack([pred.decode(p) for p in paths])
+    def batches(split: Path) -> list[torch.Tensor]:
+        images = films(split, spec)[0]
         return [pred.transform(images[i : i + batch]) for i in range(0, len(images), batch)]
 
-    test_paths, y = films(test)
-    test_batches = batches(test_paths)
+    y = films(test, spec)[1]
+    test_batches = batches(test)
+    bn = len(batchnorm_layers(net))
     out = []
-    for stats in (None, batches(films(train)[0]), test_batches):
+    for stats in (None, batches(train), test_batches):
         # No BatchNorm (the basic CNN): nothing to adapt, the same scores three times
-        adapt = stats is not None and batchnorm_layers(net)
+        adapt = stats is not None and bn
         model = with_statistics_of(net, stats) if adapt else net
         with torch.inference_mode():
             p1 = torch.cat([model(x).float().softmax(-1)[:, 1] for x in test_batches])
         out.append(score(p1, y, cut))
-    return out
+    return bn, out
 
 
 def mean_std(values: list[float], digits: int = 1) -> str:
@@ -97,7 +114,9 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def render(results: dict[str, list[list[dict[str, float]]]], command: str) -> str:
+def render(
+    results: dict[str, list[list[dict[str, float]]]], bn: dict[str, int], command: str
+) -> str:
     head = "| net | BatchNorm layers | seeds | " + " | ".join(
         f"{w}: acc % / spec % / AUROC / P(PNEUMONIA) of NORMAL films" for w in WAYS
     )
@@ -124,15 +143,13 @@ def render(results: dict[str, list[list[dict[str, float]]]], command: str) -> st
                     for m, d in (("acc", 1), ("spec", 1), ("auroc", 3), ("p_normal", 2))
                 )
             )
-        lines.append(
-            f"| {net} | {seeds[0][0]['bn']:.0f} | {len(seeds)} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines + ["", *summary(results)]) + "\n"
+        lines.append(f"| {net} | {bn[net]} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", *summary(results, bn)]) + "\n"
 
 
-def summary(results: dict[str, list[list[dict[str, float]]]]) -> list[str]:
+def summary(results: dict[str, list[list[dict[str, float]]]], bn: dict[str, int]) -> list[str]:
     """Per way, over the BatchNorm nets: how the seed means moved against "as trained"."""
-    bn_nets = {net: seeds for net, seeds in results.items() if seeds[0][0]["bn"]}
+    bn_nets = {net: seeds for net, seeds in results.items() if bn[net]}
     lines = [f"Over the {len(bn_nets)} BatchNorm nets, the change of each net's seed mean:"]
     for k in (1, 2):
         moves = {
@@ -160,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     data = find_dataset("chest_xray-small", args.data)
     results: dict[str, list] = defaultdict(list)
+    bn: dict[str, int] = {}
     runs = sorted(d for d in Path(args.work).iterdir() if RUN.match(d.name))
     if not runs:
         raise SystemExit(f"no chest_train_<net>_seed<k> folders in {args.work}")
@@ -168,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(best) != 1:
             raise SystemExit(f"{run}: want one best-validation checkpoint, found {len(best)}")
         ckpt = best[0]
-        ways = three_ways(ckpt, data / "test", data / "train")
-        ways[0]["bn"] = len(batchnorm_layers(load_network(ckpt)))
-        results[RUN.match(run.name)["net"]].append(ways)
+        net = RUN.match(run.name)["net"]
+        bn[net], ways = three_ways(ckpt, data / "test", data / "train")
+        results[net].append(ways)
         print(run.name, " | ".join(f"acc {w['acc']:.1f} spec {w['spec']:.1f}" for w in ways))
     command = f"python bench/chest_bn_shift.py --work {Path(args.work).as_posix()}"
-    Path(args.out).write_text(render(results, command))
+    Path(args.out).write_text(render(results, bn, command))
     print(f"wrote {args.out}")
     return 0
 

@@ -19,9 +19,11 @@ EVAL = ["trainer=cpu", "trainer.precision=32-true", "data.num_workers=0", "verbo
 
 def small_bn_net() -> nn.Module:
     torch.manual_seed(0)
+    # Dropout before the BatchNorm: like EfficientNet's stochastic depth, it must not drop
+    # anything while the statistics are taken
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(4, 2),
+        nn.Conv2d(3, 4, 3), nn.Dropout(0.5), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 2),
     ).eval()  # fmt: skip
 
 
@@ -32,24 +34,30 @@ def test_adapt_batchnorm_takes_the_statistics_of_the_images_it_reads():
     with torch.no_grad():
         feats = [net[0](x) for x in batches]
     assert adapt_batchnorm(net, iter(batches)) == 12
-    bn = net[1]
-    # torch's update_bn: the plain average of the batches' statistics (equal batch sizes)
+    bn = net[2]
+    # The plain average of the batches' statistics (equal batch sizes), dropout off
     mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
     var = torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in feats]).mean(0)
     torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, var)
-    assert not net.training and bn.momentum == 0.1  # mode and momentum as they were
+    # modes and momentum as they were
+    assert not any(m.training for m in net.modules()) and bn.momentum == 0.1
+    net.train()
+    adapt_batchnorm(net, iter(batches))
+    assert all(m.training for m in net.modules())
+    torch.testing.assert_close(bn.running_mean, mean)
 
 
 def test_adapt_batchnorm_refuses_nets_without_batchnorm_and_empty_input():
     with pytest.raises(NoBatchNormError, match="no BatchNorm layers.*adapt_bn=false"):
         adapt_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3)), [torch.zeros(2, 3, 8, 8)])
     net = small_bn_net()
-    net[1].running_mean.fill_(0.25)
+    net[2].running_mean.fill_(0.25)
     with pytest.raises(ValueError, match="at least 2 images to estimate statistics, got 0"):
         adapt_batchnorm(net, [])
     # Left as it was, not reset to the init's zeros
-    assert torch.all(net[1].running_mean == 0.25) and int(net[1].num_batches_tracked) == 0
+    assert torch.all(net[2].running_mean == 0.25) and int(net[2].num_batches_tracked) == 0
+    assert net[2].momentum == 0.1 and not net.training
 
 
 @pytest.fixture(scope="module")

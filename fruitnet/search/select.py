@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.optim.swa_utils import update_bn
 
+from fruitnet.batchnorm import adapt_batchnorm, batchnorm_layers
 from fruitnet.search.latency import LatencyTable
 from fruitnet.search.supernet import SuperNet
 
@@ -91,12 +90,12 @@ def path_accuracy(
     was_training = net.training
     for edge, k in zip(net.edges, choices, strict=True):
         edge.active, edge.involved, edge.gates = int(k), None, None
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(net)
     saved = [[b.clone() for b in m.buffers()] for m in norms] if calib else []
     try:
         if calib:
-            # torch's SWA helper: reset, then a plain average over the batches in train mode
-            update_bn(calib, net)
+            # The same re-estimation as eval's adapt_bn: a plain average over the batches
+            adapt_batchnorm(net, (b[0] if isinstance(b, list | tuple) else b for b in calib))
         net.eval()
         correct = total = 0
         for x, y in batches:
