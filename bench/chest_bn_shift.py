@@ -20,45 +20,25 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
-import re
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_recall,
-    binary_specificity,
-)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib.chest_films import films, mean_std, retrains, score  # noqa: E402
 from benchlib.common import REPO, find_dataset  # noqa: E402
 
 from fruitnet.batchnorm import adapt_batchnorm, batchnorm_layers  # noqa: E402
 from fruitnet.checkpoints import load_network  # noqa: E402
-from fruitnet.data.io import load_image  # noqa: E402
 from fruitnet.data.transforms import image_spec  # noqa: E402
 from fruitnet.predict import Predictor  # noqa: E402
 
-CLASSES = ("NORMAL", "PNEUMONIA")
 WAYS = ("as trained", "precise BN (training films)", "test-time BN (test films, unlabelled)")
-RUN = re.compile(r"^chest_train_(?P<net>.+)_seed(?P<seed>\d+)$")
-
-
-@functools.lru_cache(maxsize=4)
-def films(split: Path, spec: tuple[tuple[str, Any], ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``split/{NORMAL,PNEUMONIA}/*`` decoded as ``spec`` (`image_spec` items) -> uint8 images and
-    labels (PNEUMONIA = 1); kept for the next checkpoint with the same preprocessing."""
-    pairs = [(p, y) for y, c in enumerate(CLASSES) for p in sorted((split / c).iterdir())]
-    images = torch.stack([load_image(p, **dict(spec)) for p, _ in pairs])
-    return images, torch.tensor([y for _, y in pairs])
 
 
 def with_statistics_of(net: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
@@ -67,18 +47,6 @@ def with_statistics_of(net: nn.Module, batches: list[torch.Tensor]) -> nn.Module
     adapted = copy.deepcopy(net)
     adapt_batchnorm(adapted, batches)
     return adapted
-
-
-def score(p1: torch.Tensor, y: torch.Tensor, cut: float) -> dict[str, float]:
-    """Accuracy, specificity, sensitivity (%), AUROC and the mean P(PNEUMONIA) of NORMAL films;
-    PNEUMONIA when P(PNEUMONIA) > cut, as `fruitnet.checkpoints.decide` calls it."""
-    return {
-        "acc": 100 * binary_accuracy(p1, y, threshold=cut).item(),
-        "spec": 100 * binary_specificity(p1, y, threshold=cut).item(),
-        "sens": 100 * binary_recall(p1, y, threshold=cut).item(),
-        "auroc": binary_auroc(p1, y).item(),
-        "p_normal": p1[y == 0].mean().item(),
-    }
 
 
 def three_ways(
@@ -107,11 +75,6 @@ def three_ways(
             p1 = torch.cat([model(x).float().softmax(-1)[:, 1] for x in test_batches])
         out.append(score(p1, y, cut))
     return bn, out
-
-
-def mean_std(values: list[float], digits: int = 1) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def render(
@@ -178,18 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     data = find_dataset("chest_xray-small", args.data)
     results: dict[str, list] = defaultdict(list)
     bn: dict[str, int] = {}
-    runs = sorted(d for d in Path(args.work).iterdir() if RUN.match(d.name))
-    if not runs:
-        raise SystemExit(f"no chest_train_<net>_seed<k> folders in {args.work}")
-    for run in runs:
-        best = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
-        if len(best) != 1:
-            raise SystemExit(f"{run}: want one best-validation checkpoint, found {len(best)}")
-        ckpt = best[0]
-        net = RUN.match(run.name)["net"]
+    for net, ckpt in retrains(Path(args.work)):
         bn[net], ways = three_ways(ckpt, data / "test", data / "train")
         results[net].append(ways)
-        print(run.name, " | ".join(f"acc {w['acc']:.1f} spec {w['spec']:.1f}" for w in ways))
+        print(
+            ckpt.parent.parent.name,
+            " | ".join(f"acc {w['acc']:.1f} spec {w['spec']:.1f}" for w in ways),
+        )
     command = f"python bench/chest_bn_shift.py --work {Path(args.work).as_posix()}"
     Path(args.out).write_text(render(results, bn, command))
     print(f"wrote {args.out}")

@@ -315,6 +315,39 @@ def test_crop_erase_changes_training_batches_only_and_per_sample():
     assert BatchTransform(augment="basic")(x, train=False).shape == out.shape
 
 
+def test_sharpness_draws_per_image_between_smoothed_and_sharpened():
+    import torchvision.transforms.v2.functional as F
+
+    from fruitnet.data.transforms import adjust_sharpness
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 24, 24), dtype=torch.uint8)
+    x[:] = x[:1]
+    plain = BatchTransform(augment="crop_erase", erase_p=0.0, jitter=0.0, crop_side=(1.0, 1.0))
+    plain.max_rotate = 0.0
+    t = BatchTransform(augment="crop_erase", erase_p=0.0, jitter=0.0, crop_side=(1.0, 1.0),
+                       sharpness=1.0)  # fmt: skip
+    t.max_rotate = 0.0
+    base, out = plain(x, train=True), t(x, train=True)
+
+    def rough(a: torch.Tensor) -> torch.Tensor:  # mean |vertical step| inside the frame
+        return a[..., 1:-1, 1:-1].diff(dim=-2).abs().mean((1, 2, 3))
+
+    ratio = rough(out) / rough(base)
+    assert 0.3 < ratio.min() < 0.7 and 1.2 < ratio.max() < 1.6  # smoothed ... sharpened
+    # Factors 0 and 2 as torchvision's adjust_sharpness (which keeps the frame as it was)
+    for factor in (0.0, 0.5, 2.0):
+        got = adjust_sharpness(base[:2], torch.tensor([factor, 1.0]))
+        want = F.adjust_sharpness(base[:1], factor)
+        assert torch.allclose(got[:1, :, 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)
+        assert torch.allclose(got[1], base[0])  # factor 1: as it was
+    assert torch.equal(t(x, train=False), plain(x, train=False))  # eval: untouched
+    with pytest.raises(ValueError, match="data.sharpness"):
+        BatchTransform(sharpness=0.5)  # augment=none
+    with pytest.raises(ValueError, match="data.sharpness"):
+        BatchTransform(augment="basic", sharpness=1.5)
+
+
 def test_best_chest_composes_and_trains_with_fast_dev_run(tmp_path):
     cfg = compose_cfg(["experiment=best_chest"], tmp_path)
     assert cfg.hydra.runtime.choices.data == "chest_xray"

@@ -35,7 +35,7 @@ from fruitnet.data.loading import (
 )
 from fruitnet.data.scan import DataWarning, Sample, carve_val, scan_dataset, stratified_split
 from fruitnet.data.stats import auto_image_size, cached_dataset_stats, inverse_frequency_weights
-from fruitnet.data.transforms import AUGMENTS, BatchTransform, image_spec, preprocess_spec
+from fruitnet.data.transforms import BatchTransform, image_spec, preprocess_spec
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_group: str | None = None,
         split: Sequence[float] = (0.8, 0.1, 0.1),
         augment: str = "none",
+        sharpness: float = 0.0,
         skip_corrupt: bool = False,
         cache: bool | str = False,
         cache_dir: str | os.PathLike | None = None,
@@ -103,7 +104,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         model_preprocess: dict | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("augment", augment, AUGMENTS)
         _check_choice("sampler", sampler, _SAMPLERS)
         _check_choice("stats", stats, _STATS_CHOICES)
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -125,7 +125,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.use_given_val = bool(use_given_val)
         self.val_group = val_group  # a regex: carve val by patient or source (scan.carve_val)
         self.split = tuple(float(f) for f in split)
-        self.augment = augment
+        self.augment = {"augment": augment, "sharpness": float(sharpness)}
+        BatchTransform(**self.augment)  # bad values stop here, before any scan
         self.skip_corrupt = bool(skip_corrupt)
         if cache not in (True, False, "auto"):
             raise ValueError(f"cache must be true, false or auto, got {cache!r}")
@@ -149,8 +150,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.class_counts: dict[str, list[int]] = {}
         self.skipped: list[tuple[Path, str]] = []
         self._warned: set[str] = set()
-
-    # ------------------------------------------------------------------ lightning hooks
 
     def prepare_data(self) -> None:
         """Nothing to do for a folder already on disk (downloads are an explicit command)."""
@@ -198,7 +197,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         }
         self.class_weights = self._resolve_class_weights()
         self.batch_transform = BatchTransform(
-            spec["mean"], spec["std"], augment=self.augment, channels_last=self.channels_last
+            spec["mean"], spec["std"], channels_last=self.channels_last, **self.augment
         )
         self.duplicates = scan.duplicates
         self._log_setup(time.monotonic() - t0)

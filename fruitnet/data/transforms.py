@@ -79,6 +79,19 @@ def image_spec(spec: dict) -> dict:
     return {"resize": spec["resize"], "crop": spec["crop"], "size": spec["size"]}
 
 
+def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's `adjust_sharpness` with one factor per image of the float batch ``x``
+    (``smoothed + factor * (x - smoothed)``); the frame is smoothed against its replicated edge
+    where torchvision leaves it as it was."""
+    c = x.shape[1]
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
+    smoothed = nnf.conv2d(nnf.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+    f = factor.to(x.dtype).view(-1, 1, 1, 1)
+    return (smoothed + f * (x - smoothed)).clamp_(0.0, 1.0)
+
+
 class BatchTransform(nn.Module):
     """uint8 ``N x 3 x H x W`` -> normalized float32, with optional training augmentation.
 
@@ -89,6 +102,10 @@ class BatchTransform(nn.Module):
     the border and a corner marker are often cut off or moved; brightness and contrast
     x(1 +- ``jitter``); and with probability ``erase_p`` one rectangle (2-20 % of the area, the
     image's mean) erased, so no small region can carry the decision alone.
+    ``sharpness`` > 0 (with either augment): each image's sharpness times a factor drawn from
+    [1 - ``sharpness``, 1 + ``sharpness``], blended against a 3x3 smoothing as PIL's
+    ImageEnhance.Sharpness and torchvision's `adjust_sharpness` do (0 = smoothed, 1 = as is, 2 =
+    sharpened), so how sharp a film is stops telling its class (bench/CHEST_SHARPNESS.md).
     Mean/std are kept as plain floats, so the module works on whatever device the batch is on
     without being registered anywhere.
     """
@@ -107,12 +124,20 @@ class BatchTransform(nn.Module):
         crop_side: tuple[float, float] = (0.7, 1.0),
         erase_p: float = 0.5,
         erase_area: tuple[float, float] = (0.02, 0.2),
+        sharpness: float = 0.0,
     ) -> None:
         super().__init__()
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {list(std)}")
+        if not 0.0 <= float(sharpness) <= 1.0:
+            raise ValueError(f"data.sharpness must be in [0, 1], got {sharpness!r}")
+        if sharpness and augment == "none":
+            raise ValueError(
+                f"data.sharpness={sharpness} is a training augmentation: it needs data.augment="
+                "basic or crop_erase (augment=none trains on the images as they are)"
+            )
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.augment = augment
@@ -124,6 +149,7 @@ class BatchTransform(nn.Module):
         self.crop_side = crop_side
         self.erase_p = erase_p
         self.erase_area = erase_area
+        self.sharpness = float(sharpness)
         self._identity_norm = self.mean == [0.0] * 3 and self.std == [1.0] * 3
 
     def forward(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
@@ -140,6 +166,8 @@ class BatchTransform(nn.Module):
             x = self._basic(x)
         elif train and self.augment == "crop_erase":
             x = self._crop_erase(x)
+        if train and self.sharpness:
+            x = self._sharpen(x)
         if not self._identity_norm:
             x = F.normalize(x, mean=self.mean, std=self.std)
         if self.channels_last:
@@ -173,6 +201,10 @@ class BatchTransform(nn.Module):
         mean = x.mean((1, 2, 3), keepdim=True)
         x = (x - mean) * factors() + mean * factors()  # contrast, then brightness
         return self._erase(x.clamp_(0.0, 1.0))
+
+    def _sharpen(self, x: torch.Tensor) -> torch.Tensor:
+        f = 1 + (torch.rand(x.shape[0], device=x.device) * 2 - 1) * self.sharpness
+        return adjust_sharpness(x, f)
 
     def _erase(self, x: torch.Tensor) -> torch.Tensor:
         """One rectangle per chosen image set to the image's mean (random erasing, per sample)."""
@@ -224,5 +256,5 @@ class BatchTransform(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"mean={self.mean}, std={self.std}, augment={self.augment!r}, "
-            f"channels_last={self.channels_last}"
+            f"channels_last={self.channels_last}, sharpness={self.sharpness}"
         )

@@ -11,6 +11,7 @@ from helpers import REPO, jpeg_folders, train
 
 sys.path.insert(0, str(REPO / "bench"))
 shift = importlib.import_module("chest_bn_shift")
+CLASSES = importlib.import_module("benchlib.chest_films").CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def chest_run(tmp_path_factory):
     """A chest_xray-small look-alike and one BatchNorm net trained on it, laid out as
     bench/search.py leaves a retrain (<work>/chest_train_<net>_seed0/checkpoints/epoch_*.ckpt)."""
     tmp = tmp_path_factory.mktemp("chest_bn")
-    counts = {f"{s}/{c}": n for s, n in (("train", 24), ("test", 6)) for c in shift.CLASSES}
+    counts = {f"{s}/{c}": n for s, n in (("train", 24), ("test", 6)) for c in CLASSES}
     data = jpeg_folders(tmp / "chest_xray-small", counts)
     run = tmp / "work" / "chest_train_proxylessnas-gpu_seed0"
     with pytest.MonkeyPatch.context() as mp:

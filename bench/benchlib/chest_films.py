@@ -1,0 +1,63 @@
+"""The chest_xray-small films and a search bench's chest retrains, for the scripts that score
+trained checkpoints again on the test films (chest_bn_shift.py, chest_sharpness.py)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_recall,
+    binary_specificity,
+)
+
+from fruitnet.data.io import load_image
+
+CLASSES = ("NORMAL", "PNEUMONIA")
+RUN = re.compile(r"^chest_train_(?P<net>.+)_seed(?P<seed>\d+)$")
+
+
+@functools.lru_cache(maxsize=4)
+def films(split: Path, spec: tuple[tuple[str, Any], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split/{NORMAL,PNEUMONIA}/*`` decoded as ``spec`` (`image_spec` items) -> uint8 images and
+    labels (PNEUMONIA = 1); kept for the next checkpoint with the same preprocessing."""
+    pairs = [(p, y) for y, c in enumerate(CLASSES) for p in sorted((split / c).iterdir())]
+    images = torch.stack([load_image(p, **dict(spec)) for p, _ in pairs])
+    return images, torch.tensor([y for _, y in pairs])
+
+
+def retrains(work: Path) -> list[tuple[str, Path]]:
+    """Each ``work/chest_train_<net>_seed<k>`` run's net name and best-validation checkpoint."""
+    runs = sorted(d for d in Path(work).iterdir() if RUN.match(d.name))
+    if not runs:
+        raise SystemExit(f"no chest_train_<net>_seed<k> folders in {work}")
+    out = []
+    for run in runs:
+        best = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
+        if len(best) != 1:
+            raise SystemExit(f"{run}: want one best-validation checkpoint, found {len(best)}")
+        out.append((RUN.match(run.name)["net"], best[0]))
+    return out
+
+
+def score(p1: torch.Tensor, y: torch.Tensor, cut: float) -> dict[str, float]:
+    """Accuracy, specificity, sensitivity (%), AUROC and the mean P(PNEUMONIA) of NORMAL films;
+    PNEUMONIA when P(PNEUMONIA) > cut, as `fruitnet.checkpoints.decide` calls it."""
+    return {
+        "acc": 100 * binary_accuracy(p1, y, threshold=cut).item(),
+        "spec": 100 * binary_specificity(p1, y, threshold=cut).item(),
+        "sens": 100 * binary_recall(p1, y, threshold=cut).item(),
+        "auroc": binary_auroc(p1, y).item(),
+        "p_normal": p1[y == 0].mean().item(),
+    }
+
+
+def mean_std(values: list[float], digits: int = 1) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
