@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import films, mean_std, retrains, score  # noqa: E402
+from benchlib.chest_films import films, mean_std, p_pneumonia, retrains, score  # noqa: E402
 from benchlib.common import REPO, find_dataset  # noqa: E402
 
 from fruitnet.batchnorm import adapt_batchnorm, batchnorm_layers  # noqa: E402
@@ -71,9 +71,7 @@ def three_ways(
         # No BatchNorm (the basic CNN): nothing to adapt, the same scores three times
         adapt = stats is not None and bn
         model = with_statistics_of(net, stats) if adapt else net
-        with torch.inference_mode():
-            p1 = torch.cat([model(x).float().softmax(-1)[:, 1] for x in test_batches])
-        out.append(score(p1, y, cut))
+        out.append(score(p_pneumonia(model, test_batches), y, cut))
     return bn, out
 
 

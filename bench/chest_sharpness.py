@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import CLASSES, films, mean_std, retrains, score  # noqa: E402
+from benchlib.chest_films import CLASSES, films, mean_std, p_pneumonia, retrains, score  # noqa: E402
 from benchlib.common import REPO, find_dataset  # noqa: E402
 
 from fruitnet.checkpoints import load_network  # noqa: E402
@@ -73,13 +73,8 @@ def scored(ckpt: Path, test: Path, factors: tuple[float, ...], batch: int = 40) 
     out = []
     for factor in factors:
         moved = images if factor == 1.0 else F.adjust_sharpness(images, factor)
-        with torch.inference_mode():
-            p1 = torch.cat(
-                [
-                    net(pred.transform(moved[i : i + batch])).float().softmax(-1)[:, 1]
-                    for i in range(0, len(moved), batch)
-                ]
-            )
+        batches = [pred.transform(moved[i : i + batch]) for i in range(0, len(moved), batch)]
+        p1 = p_pneumonia(net, batches)
         out.append(score(p1, y, cut))
     return out
 
@@ -100,11 +95,12 @@ def check_twin(bench_run: Path, run: Path) -> str:
     """``run`` must be ``bench_run``'s command with data.sharpness added (its own cache folder
     aside); returns that data.sharpness."""
     own = ("paths.cache_dir", "data.sharpness")
-    want, got = ({k: v for k, v in overrides(r).items() if k not in own} for r in (bench_run, run))
-    if want != got or "data.sharpness" not in overrides(run):
+    theirs, mine = overrides(bench_run), overrides(run)
+    want, got = ({k: v for k, v in o.items() if k not in own} for o in (theirs, mine))
+    if want != got or "data.sharpness" not in mine:
         diff = sorted(set(want.items()) ^ set(got.items())) or "no data.sharpness"
         raise SystemExit(f"{run} is not {bench_run}'s recipe plus data.sharpness: {diff}")
-    return overrides(run)["data.sharpness"]
+    return mine["data.sharpness"]
 
 
 def cells(rows: list[dict[str, float]]) -> str:

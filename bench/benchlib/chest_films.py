@@ -46,6 +46,12 @@ def retrains(work: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def p_pneumonia(net: torch.nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
+    """P(PNEUMONIA) of every image of ``batches`` (inputs as ``net`` takes them), in order."""
+    with torch.inference_mode():
+        return torch.cat([net(x).float().softmax(-1)[:, 1] for x in batches])
+
+
 def score(p1: torch.Tensor, y: torch.Tensor, cut: float) -> dict[str, float]:
     """Accuracy, specificity, sensitivity (%), AUROC and the mean P(PNEUMONIA) of NORMAL films;
     PNEUMONIA when P(PNEUMONIA) > cut, as `fruitnet.checkpoints.decide` calls it."""

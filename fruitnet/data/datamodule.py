@@ -125,8 +125,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.use_given_val = bool(use_given_val)
         self.val_group = val_group  # a regex: carve val by patient or source (scan.carve_val)
         self.split = tuple(float(f) for f in split)
-        self.augment = {"augment": augment, "sharpness": float(sharpness)}
-        BatchTransform(**self.augment)  # bad values stop here, before any scan
+        self.augmentation = {"augment": augment, "sharpness": sharpness}
+        BatchTransform(**self.augmentation)  # bad values stop here, before any scan
         self.skip_corrupt = bool(skip_corrupt)
         if cache not in (True, False, "auto"):
             raise ValueError(f"cache must be true, false or auto, got {cache!r}")
@@ -197,7 +197,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         }
         self.class_weights = self._resolve_class_weights()
         self.batch_transform = BatchTransform(
-            spec["mean"], spec["std"], channels_last=self.channels_last, **self.augment
+            spec["mean"], spec["std"], channels_last=self.channels_last, **self.augmentation
         )
         self.duplicates = scan.duplicates
         self._log_setup(time.monotonic() - t0)

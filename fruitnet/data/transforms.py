@@ -80,14 +80,9 @@ def image_spec(spec: dict) -> dict:
 
 
 def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's `adjust_sharpness` with one factor per image of the float batch ``x``
-    (``smoothed + factor * (x - smoothed)``); the frame is smoothed against its replicated edge
-    where torchvision leaves it as it was."""
-    c = x.shape[1]
-    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
-    smoothed = nnf.conv2d(nnf.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+    """torchvision's `adjust_sharpness` of the float batch ``x`` with one factor per image: its
+    3x3 smoothing (factor 0) blended back toward and beyond each image by that image's factor."""
+    smoothed = F.adjust_sharpness(x, 0.0)
     f = factor.to(x.dtype).view(-1, 1, 1, 1)
     return (smoothed + f * (x - smoothed)).clamp_(0.0, 1.0)
 
@@ -103,9 +98,8 @@ class BatchTransform(nn.Module):
     x(1 +- ``jitter``); and with probability ``erase_p`` one rectangle (2-20 % of the area, the
     image's mean) erased, so no small region can carry the decision alone.
     ``sharpness`` > 0 (with either augment): each image's sharpness times a factor drawn from
-    [1 - ``sharpness``, 1 + ``sharpness``], blended against a 3x3 smoothing as PIL's
-    ImageEnhance.Sharpness and torchvision's `adjust_sharpness` do (0 = smoothed, 1 = as is, 2 =
-    sharpened), so how sharp a film is stops telling its class (bench/CHEST_SHARPNESS.md).
+    [1 - ``sharpness``, 1 + ``sharpness``], as torchvision's `adjust_sharpness` (0 = smoothed,
+    1 = as is, 2 = sharpened), so how sharp a film is stops telling its class (bench/CHEST_SHARPNESS.md).
     Mean/std are kept as plain floats, so the module works on whatever device the batch is on
     without being registered anywhere.
     """
@@ -131,8 +125,10 @@ class BatchTransform(nn.Module):
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std must be positive, got {list(std)}")
-        if not 0.0 <= float(sharpness) <= 1.0:
-            raise ValueError(f"data.sharpness must be in [0, 1], got {sharpness!r}")
+        if isinstance(sharpness, bool) or not isinstance(sharpness, int | float):
+            raise ValueError(f"data.sharpness must be a number in [0, 1], got {sharpness!r}")
+        if not 0.0 <= sharpness <= 1.0:
+            raise ValueError(f"data.sharpness must be a number in [0, 1], got {sharpness!r}")
         if sharpness and augment == "none":
             raise ValueError(
                 f"data.sharpness={sharpness} is a training augmentation: it needs data.augment="
