@@ -473,3 +473,26 @@ def test_per_image_input_norm_travels_into_predict_and_export(input_norm, module
     moved = float((raw[0] - raw[1]).abs().max())
     assert float(abs(logits[0] - logits[1]).max()) < 0.1 * moved
     assert torch.allclose(torch.from_numpy(logits[:1]), net(pair[:1].float() / 255), atol=1e-4)
+
+
+def test_instance_norm_travels_into_export(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime comes with the [onnx]/[dev] extras")
+    from fruitnet.export import load_exported
+    from fruitnet.export import run as run_export
+
+    overrides = [*BINARY, "model.kwargs.instance_norm=2", "trainer.max_epochs=1",
+                 "trainer.precision=32"]  # fmt: skip
+    results = train(overrides, tmp_path / "run", tmp_path / "data")
+    net = load_network(Path(results["best_ckpt"]))
+    assert isinstance(net.net.features.norm2, torch.nn.InstanceNorm2d)
+    cfg = compose_cfg([f"ckpt_path={results['best_ckpt']}", "format=onnx", "latency_iters=2",
+                       f"output={tmp_path / 'chest.onnx'}"], tmp_path / "export", None, "export")  # fmt: skip
+    record = run_export(cfg)
+    assert record["max_abs_diff_probs"] <= 1e-4
+    # The exported graph keeps the per-image statistics: a film at half the contrast (pixel
+    # values halved) gets the logits of the film, which a net with running statistics would not
+    film = torch.randint(40, 250, (1, 3, 32, 32), dtype=torch.uint8)
+    pair = torch.cat([film, (film // 2) * 2, film // 2]).to(torch.uint8)
+    logits, _ = load_exported(Path(record["output"]), "onnx")(pair.numpy())
+    assert float(abs(logits[1] - logits[2]).max()) < 1e-3
+    assert torch.allclose(torch.from_numpy(logits[:1]), net(pair[:1].float() / 255), atol=1e-4)

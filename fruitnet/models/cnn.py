@@ -21,6 +21,11 @@ HEADS = ("flatten", "avg")
 # equalize: each image's histogram equalised (any monotonic change of its grey levels undone),
 # the classic X-ray normalisation, also inside the net.
 INPUT_NORMS = ("none", "image", "equalize")
+# instance_norm=k: an InstanceNorm2d (affine) in each of the first k stages, IBN-Net's recipe
+# for appearance that changes between sites (Pan et al., ECCV 2018): each image's early filter
+# responses are scaled by their own statistics, at test time too, so a sharper or higher-contrast
+# film no longer means larger edge responses. It is per image, so nothing is fitted to test data.
+MAX_INSTANCE_NORM = len(CHANNELS) - 1
 LEVELS = 256
 
 
@@ -53,6 +58,9 @@ class BasicCNN(nn.Module):
     ``features.standardize``, no weights), so brightness and contrast no longer carry a signal.
     ``input_norm="equalize"`` maps each pixel to its grey level's mid-rank in its image (module
     ``features.equalize``, `Equalize`), so no monotonic change of the levels does.
+    ``instance_norm=k`` adds ``features.norm1..k`` (InstanceNorm2d, affine) after pool1..k: the
+    net then ignores a positive scaling of the input, and the strength of each early filter's
+    response (how sharp or contrasted a film is) is measured against the image's own.
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class BasicCNN(nn.Module):
         dropout: float = 0.5,
         head: str = "flatten",
         input_norm: str = "none",
+        instance_norm: int = 0,
     ) -> None:
         super().__init__()
         if input_size < MIN_INPUT_SIZE:
@@ -71,8 +80,12 @@ class BasicCNN(nn.Module):
             raise ValueError(f"cnn head must be one of {HEADS}, got {head!r}")
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"cnn input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        if not 0 <= instance_norm <= MAX_INSTANCE_NORM:
+            raise ValueError(
+                f"cnn instance_norm must be 0..{MAX_INSTANCE_NORM} (convs), got {instance_norm!r}"
+            )
         self.input_size = input_size
-        layers = _conv_stages()
+        layers = _conv_stages(instance_norm)
         if input_norm == "image":
             # One group, no affine: per-sample standardisation over (C, H, W), weight-free, so
             # the state_dict keys stay the study's
@@ -120,14 +133,17 @@ class Equalize(nn.Module):
         return mid_rank.gather(1, level).view_as(x)
 
 
-def _conv_stages() -> list[tuple[str, nn.Module]]:
+def _conv_stages(instance_norm: int = 0) -> list[tuple[str, nn.Module]]:
     layers: list[tuple[str, nn.Module]] = []
     for i, (c_in, c_out) in enumerate(zip(CHANNELS[:-1], CHANNELS[1:], strict=True), start=1):
         # Pooling before the ReLU gives the same output (max and ReLU commute: both are
-        # monotonic) with the ReLU on a 4x smaller map, ~10 % faster per step.
+        # monotonic) with the ReLU on a 4x smaller map, ~10 % faster per step. The instance norm
+        # sits on the pooled map too: on conv1's full map it cost as much as conv1 itself.
         layers += [
             (f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1)),
             (f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2)),
-            (f"relu{i}", nn.ReLU(inplace=True)),
         ]
+        if i <= instance_norm:
+            layers.append((f"norm{i}", nn.InstanceNorm2d(c_out, affine=True)))
+        layers.append((f"relu{i}", nn.ReLU(inplace=True)))
     return layers

@@ -234,6 +234,34 @@ def test_cnn_input_norm_image_ignores_exposure_and_contrast():
         create_model("cnn", num_classes=2, input_norm="batch")
 
 
+def test_cnn_instance_norm_measures_early_responses_against_the_image_own():
+    torch.manual_seed(0)
+    plain = create_model("cnn", num_classes=2, input_size=32).eval()
+    ibn = create_model("cnn", num_classes=2, input_size=32, instance_norm=2).eval()
+    # The study's keys plus the two norms' affine weights: study weights load into it
+    extra = ibn.state_dict().keys() - plain.state_dict().keys()
+    assert extra == {f"features.norm{i}.{w}" for i in (1, 2) for w in ("weight", "bias")}
+    assert [n for n, _ in ibn.features.named_children()][:5] == [
+        "conv1", "pool1", "norm1", "relu1", "conv2"]  # fmt: skip
+    ibn.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(2, 3, 32, 32)
+    # A film with twice the contrast (every edge response twice as strong) is the same film to it,
+    # per image and at eval too (no running statistics: nothing is fitted to the test data)
+    twice = torch.cat([x[:1] * 2.0, x[1:]])
+    with torch.no_grad():
+        assert torch.allclose(ibn(twice), ibn(x), atol=1e-4)
+        assert not torch.allclose(plain(twice), plain(x), atol=1e-2)
+        # norm1 is InstanceNorm: each channel of the pooled conv1 map standardised per image
+        # (its affine weights at their init, 1 and 0)
+        pooled = ibn.features.pool1(ibn.features.conv1(x))
+        var, mean = torch.var_mean(pooled, dim=(2, 3), correction=0, keepdim=True)
+        expected = (pooled - mean) / torch.sqrt(var + 1e-5)
+        assert torch.allclose(ibn.features.norm1(pooled), expected, atol=1e-5)
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match="instance_norm"):
+            create_model("cnn", num_classes=2, instance_norm=bad)
+
+
 def test_cnn_input_norm_equalize_undoes_any_monotonic_change_of_grey_levels():
     plain, eq = _plain_and_normed("equalize", 32)
     # 32 grey levels, the same in the three channels (an X-ray), a flat black border
