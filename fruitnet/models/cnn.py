@@ -21,7 +21,7 @@ HEADS = ("flatten", "avg")
 # equalize: each image's histogram equalised (any monotonic change of its grey levels undone),
 # the classic X-ray normalisation, also inside the net.
 INPUT_NORMS = ("none", "image", "equalize")
-# instance_norm=k: an InstanceNorm2d (affine) in each of the first k stages, IBN-Net's recipe
+# instance_norm=k: an InstanceNorm2d (affine) in each of the first k stages, after IBN-Net's idea
 # for appearance that changes between sites (Pan et al., ECCV 2018): each image's early filter
 # responses are scaled by their own statistics, at test time too, so a sharper or higher-contrast
 # film no longer means larger edge responses. It is per image, so nothing is fitted to test data.
@@ -82,7 +82,7 @@ class BasicCNN(nn.Module):
             raise ValueError(f"cnn input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if not 0 <= instance_norm <= MAX_INSTANCE_NORM:
             raise ValueError(
-                f"cnn instance_norm must be 0..{MAX_INSTANCE_NORM} (convs), got {instance_norm!r}"
+                f"cnn instance_norm must be 0..{MAX_INSTANCE_NORM} (conv stages), got {instance_norm!r}"
             )
         self.input_size = input_size
         layers = _conv_stages(instance_norm)
@@ -138,7 +138,8 @@ def _conv_stages(instance_norm: int = 0) -> list[tuple[str, nn.Module]]:
     for i, (c_in, c_out) in enumerate(zip(CHANNELS[:-1], CHANNELS[1:], strict=True), start=1):
         # Pooling before the ReLU gives the same output (max and ReLU commute: both are
         # monotonic) with the ReLU on a 4x smaller map, ~10 % faster per step. The instance norm
-        # sits on the pooled map too: on conv1's full map it cost as much as conv1 itself.
+        # sits on the pooled map too: on conv1's full map it halved the chest recipe's training
+        # images/s (bench/RECIPES.md, chest history).
         layers += [
             (f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1)),
             (f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2)),
