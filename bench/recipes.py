@@ -38,10 +38,17 @@ from typing import Any
 # The bench's code (benchlib) lives beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.common import REPO, find_dataset  # noqa: E402
+from benchlib.common import REPO, find_dataset, machine_text  # noqa: E402
 from benchlib.recipe_panel import merge  # noqa: E402
 from benchlib.recipe_plan import COMPARISONS, Comparison  # noqa: E402
-from benchlib.recipe_runs import RunFailed, Runs, load_manifest, run_recipe, slim  # noqa: E402
+from benchlib.recipe_runs import (  # noqa: E402
+    RunFailed,
+    Runs,
+    load_manifest,
+    machines,
+    run_recipe,
+    slim,
+)
 from benchlib.recipes_md import render, shown_command, write_curves  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "RECIPES.md"
@@ -114,6 +121,7 @@ class Session:
                     "budget_s": c.budget_s,
                     "seeds": c.seeds,
                     "load_avg": load_range(self.all_runs.get(c.key, {})),
+                    "machine": machines(self.all_runs.get(c.key, {})),
                 }  # fmt: skip
                 for c in self.done
             ],
@@ -144,6 +152,7 @@ def run_comparison(comp: Comparison, session: Session, root: Path) -> None:
     if comp.study_from:
         runs["study"] = session.all_runs.get(comp.study_from, {}).get("study", [])
         roles = roles[1:]
+    where = machine_text()
     for seed in comp.seeds:
         for role, recipe in roles:
             load = os.getloadavg()[0]  # the machine is shared: the report says how busy it was
@@ -153,7 +162,7 @@ def run_comparison(comp: Comparison, session: Session, root: Path) -> None:
                 session.failures.append(f"{comp.key} {recipe.label} seed {seed}: {err}")
                 print(f"  FAILED: {session.failures[-1]}", flush=True)
                 continue
-            runs[role].append({**res, "load_avg": load})
+            runs[role].append({**res, "load_avg": load, "machine": where})
             print(
                 f"  {role} seed {seed}: test {res.get('test_acc')} val {res.get('val_acc')} "
                 f"epochs {res.get('stage_epochs')} {res['wall_s']:.0f} s",

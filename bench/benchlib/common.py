@@ -109,6 +109,13 @@ def isa_flags() -> str:
     return ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in parts)
 
 
+def machine_text(here: Mapping[str, Any] | None = None) -> str:
+    """``machine()`` as a report's words: CPU, cores and whether bf16 autocast pays."""
+    here = here or machine()
+    bf16 = ", AVX-512 BF16" if here["bf16"] else ""
+    return f"{here['cpu']}, {here['cores']} cores{bf16}"
+
+
 def machine() -> dict[str, Any]:
     """This machine as the reports describe it."""
     import platform

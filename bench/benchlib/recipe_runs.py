@@ -36,6 +36,7 @@ SLIM_KEYS = (
     "cam_central_share",
     "cam_central_share_per_class",
     "load_avg",
+    "machine",
 )
 
 
@@ -129,11 +130,20 @@ def load_manifest(work: Path, manifest: dict[str, Any]) -> tuple[list[Comparison
             by_key[entry["key"]], budget_s=entry["budget_s"], seeds=tuple(entry["seeds"])
         )
         all_runs[comp.key] = load_runs(work, comp)
-        for rs in all_runs[comp.key].values():  # the machine's load, as the first call saw it
+        for rs in all_runs[comp.key].values():  # the machine and its load, as the first call saw
             for r in rs:
                 r.setdefault("load_range", entry.get("load_avg"))
+                if entry.get("machine"):
+                    r.setdefault("machine", " and ".join(entry["machine"]))
         done.append(comp)
     return done, all_runs
+
+
+def machines(runs: Runs) -> list[str]:
+    """The machines a comparison's runs had (`benchlib.common.machine_text`), first seen first;
+    empty for runs from before they were recorded."""
+    seen = [r["machine"] for rs in runs.values() for r in rs if r.get("machine")]
+    return list(dict.fromkeys(seen))
 
 
 def slim(all_runs: dict[str, Runs]) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import machine, shown_args, template
+from benchlib.common import machine, machine_text, shown_args, template
 from benchlib.recipe_panel import goal_verdict, share_cell, threshold_cell
 from benchlib.recipe_plan import COLORS, COMMON, COMPARISONS, Comparison, Recipe
-from benchlib.recipe_runs import Runs, joined_rows
+from benchlib.recipe_runs import Runs, joined_rows, machines
 from benchlib.recipe_stats import spread, verdict
 
 DASH = "\u2013"  # an empty cell
@@ -99,12 +99,10 @@ def shown_command(argv: Sequence[str]) -> str:
 
 def render_intro(all_runs, argv, started, minutes, also) -> str:
     any_run = next((r for c in all_runs.values() for rs in c.values() for r in rs), {})
-    here = machine()
     return template(
         "recipes/intro", command=shown_command(argv), started=started, minutes=minutes,
         also="".join(f"; then `{shown_command(more)}`" for more in also),
-        cpu=here["cpu"], cores=here["cores"], bf16=", AVX-512 BF16" if here["bf16"] else "",
-        precision=any_run.get("precision", "?"), torch=any_run.get("torch_version", "?"),
+        machine=machine_text(machine()), precision=any_run.get("precision", "?"), torch=any_run.get("torch_version", "?"),
         lightning=any_run.get("lightning_version", "?"),
     )  # fmt: skip
 
@@ -113,7 +111,8 @@ def render_comparison(comp: Comparison, runs: Runs) -> str:
     return template(
         "recipes/comparison", key=comp.key, dataset=comp.dataset,
         data=f", data={comp.data}" if comp.data else "", budget_s=comp.budget_s,
-        seeds=list(comp.seeds), note=f" {comp.note[0].upper()}{comp.note[1:]}." if comp.note else "",
+        seeds=list(comp.seeds), machine=" and ".join(machines(runs)) or "the machine above",
+        note=f" {comp.note[0].upper()}{comp.note[1:]}." if comp.note else "",
         common=" ".join(COMMON), study_overrides=_overrides(comp, comp.study),
         best_overrides=_overrides(comp, comp.best), table=comparison_table(comp, runs),
         best=comp.best.label, study=comp.study.label, verdict=_test_verdict(runs),

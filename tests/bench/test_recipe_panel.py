@@ -152,3 +152,20 @@ def test_chest_heldout_copy_keeps_each_patient_on_one_side(tmp_path):
     # About a fifth of train/ per class went to the held-out side, and the links resolve
     assert 4 <= len([n for n in held if n.startswith("person")]) <= 6
     assert all(p.resolve().is_file() for p in (tmp_path / "copy").rglob("*.jpeg"))
+
+
+def test_a_section_names_the_machine_its_runs_had():
+    """`--only` reruns a section on whatever machine the session has: the section says which."""
+    comp = next(c for c in plan.COMPARISONS if c.key == "chest_recipe")
+    run = {"seed": 0, "test_acc": 0.8, "val_acc": 0.9, "test_recall": 0.9,
+           "test_specificity": 0.7, "test_auroc": 0.9, "epochs": 20, "wall_s": 70.0,
+           "model": "cnn", "machine": "Intel(R) Xeon(R) Processor, 2 cores, AVX-512 BF16"}  # fmt: skip
+    runs = {"study": [run], "other1": [run], "other2": [run], "best": [run]}
+    text = recipes_md.render_comparison(comp, runs)
+    assert ", on Intel(R) Xeon(R) Processor, 2 cores, AVX-512 BF16." in text
+    other = dict(run, machine="AMD EPYC, 2 cores")
+    text = recipes_md.render_comparison(comp, {**runs, "best": [other]})
+    assert "on Intel(R) Xeon(R) Processor, 2 cores, AVX-512 BF16 and AMD EPYC, 2 cores." in text
+    # Runs from before the machine was recorded fall back on the file's Machine line
+    old = {role: [{k: v for k, v in run.items() if k != "machine"}] for role in runs}
+    assert ", on the machine above." in recipes_md.render_comparison(comp, old)

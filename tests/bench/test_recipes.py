@@ -200,10 +200,12 @@ def test_load_runs_reads_stages_and_shared_study_runs(tmp_path):
     write("fruits_cnn_budget/best_seed0/stage1", epochs=4, wall_s=80.0, test_acc=0.5, seed=0)
     # seed 1 of the study never finished its stage 2: left out, not half-read
     write("fruits_cnn/study_seed1/stage1", epochs=3, wall_s=40.0, test_acc=None)
-    manifest = {"comparisons": [{"key": "fruits_cnn_budget", "budget_s": 75, "seeds": [0, 1]}]}
+    entry = {"key": "fruits_cnn_budget", "budget_s": 75, "seeds": [0, 1], "machine": ["AMD EPYC"]}
+    manifest = {"comparisons": [entry]}
     done, runs = runs_mod.load_manifest(tmp_path, manifest)
     assert [c.key for c in done] == ["fruits_cnn_budget"] and done[0].seeds == (0, 1)
     study, best = runs["fruits_cnn_budget"]["study"], runs["fruits_cnn_budget"]["best"]
     assert len(study) == 1 and study[0]["wall_s"] == 81.0 and study[0]["stage_epochs"] == [3, 6]
     assert study[0]["run_dirs"][0].endswith("fruits_cnn/study_seed0/stage1")
     assert len(best) == 1 and best[0]["test_acc"] == 0.5
+    assert best[0]["machine"] == "AMD EPYC"  # --render's runs keep the machine the manifest saw
