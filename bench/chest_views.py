@@ -34,7 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import mean_std, score  # noqa: E402
+from benchlib.chest_films import mean_std, p_pneumonia, score  # noqa: E402
 from benchlib.common import find_dataset, isa_flags, machine  # noqa: E402
 from chest_heldout import build_copy, run_seed  # noqa: E402
 
@@ -71,15 +71,13 @@ VIEWS: dict[str, tuple[View, float]] = {
 }
 
 
-@torch.inference_mode()
-def p_pneumonia(module, dm, loader, views: View) -> tuple[torch.Tensor, torch.Tensor]:
+def view_probs(module, dm, loader, views: View) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean P(PNEUMONIA) over ``views`` of every film of ``loader``, and the labels."""
-    probs, labels = [], []
-    for images, y in loader:
-        x = dm.batch_transform(images, train=False)
-        probs.append(torch.stack([module(v).float().softmax(-1)[:, 1] for v in views(x)]).mean(0))
-        labels.append(y)
-    return torch.cat(probs), torch.cat(labels)
+    pairs = [(dm.batch_transform(x, train=False), y) for x, y in loader]
+    batches, labels = zip(*pairs, strict=True)
+    per_view = zip(*(views(b) for b in batches), strict=True)  # view k of every batch, in order
+    probs = torch.stack([p_pneumonia(module, list(vb)) for vb in per_view]).mean(0)
+    return probs, torch.cat(labels)
 
 
 def score_run(run: Path) -> dict[str, dict[str, float]]:
@@ -98,8 +96,8 @@ def score_run(run: Path) -> dict[str, dict[str, float]]:
             dm.setup("test")
             datamodules[fraction] = dm
         dm = datamodules[fraction]
-        cut = choose_threshold(*p_pneumonia(module, dm, dm.val_dataloader(), views))
-        out[name] = score(*p_pneumonia(module, dm, dm.test_dataloader(), views), cut)
+        cut = choose_threshold(*view_probs(module, dm, dm.val_dataloader(), views))
+        out[name] = score(*view_probs(module, dm, dm.test_dataloader(), views), cut)
     return out
 
 

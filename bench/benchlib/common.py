@@ -109,9 +109,9 @@ def isa_flags() -> str:
     return ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in parts)
 
 
-def machine_text(here: Mapping[str, Any] | None = None) -> str:
+def machine_text() -> str:
     """``machine()`` as a report's words: CPU, cores and whether bf16 autocast pays."""
-    here = here or machine()
+    here = machine()
     bf16 = ", AVX-512 BF16" if here["bf16"] else ""
     return f"{here['cpu']}, {here['cores']} cores{bf16}"
 

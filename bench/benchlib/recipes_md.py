@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib.common import machine, machine_text, shown_args, template
+from benchlib.common import machine_text, shown_args, template
 from benchlib.recipe_panel import goal_verdict, share_cell, threshold_cell
 from benchlib.recipe_plan import COLORS, COMMON, COMPARISONS, Comparison, Recipe
 from benchlib.recipe_runs import Runs, joined_rows, machines
@@ -102,8 +102,8 @@ def render_intro(all_runs, argv, started, minutes, also) -> str:
     return template(
         "recipes/intro", command=shown_command(argv), started=started, minutes=minutes,
         also="".join(f"; then `{shown_command(more)}`" for more in also),
-        machine=machine_text(machine()), precision=any_run.get("precision", "?"), torch=any_run.get("torch_version", "?"),
-        lightning=any_run.get("lightning_version", "?"),
+        machine=machine_text(), precision=any_run.get("precision", "?"),
+        torch=any_run.get("torch_version", "?"), lightning=any_run.get("lightning_version", "?"),
     )  # fmt: skip
 
 
