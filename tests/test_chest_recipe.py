@@ -17,7 +17,13 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from fruitnet.checkpoints import classifier_from_checkpoint, decide, load_checkpoint, load_network
 from fruitnet.data.scan import carve_val
 from fruitnet.data.transforms import BatchTransform
-from fruitnet.explain.focus import ShareRecorder, central_share, centre_weights, summarize
+from fruitnet.explain.focus import (
+    ShareRecorder,
+    central_share,
+    centre_weights,
+    gradient_outside_share,
+    summarize,
+)
 from fruitnet.models import create_model
 from fruitnet.module import choose_threshold
 from fruitnet.predict import Predictor
@@ -183,6 +189,65 @@ def test_central_share_counts_evidence_either_way():
     nan_edges = torch.ones(40, 40)
     nan_edges[:, :5] = math.nan  # outside a norm=true crop
     assert 0.25 < float(central_share(nan_edges)) < 0.3
+
+
+def test_gradient_outside_share_is_where_the_input_moves_the_output():
+    def share(weights: torch.Tensor) -> float:
+        x = torch.rand(4, 3, 32, 32, requires_grad=True)
+        score = (x * weights).sum((1, 2, 3))
+        logits = torch.stack([score, torch.zeros_like(score)], 1)
+        return float(gradient_outside_share(x, logits).detach())
+
+    centre = torch.zeros(32, 32)
+    centre[8:24, 8:24] = 1.0
+    assert share(centre) == pytest.approx(0.0, abs=1e-6)
+    assert share(1 - centre) == pytest.approx(1.0)
+    assert share(torch.ones(32, 32)) == pytest.approx(0.75)
+    assert share(torch.ones(32, 32)) == pytest.approx(float(1 - centre_weights(32, 32).mean()))
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_focus_penalty_adds_to_the_training_loss_only_and_trains_the_net():
+    from fruitnet.module import ClassifierModule
+
+    def module(**kwargs) -> ClassifierModule:
+        torch.manual_seed(0)
+        return ClassifierModule(
+            model_name="cnn", num_classes=2, input_size=32, task="binary",
+            optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, **kwargs,
+        )  # fmt: skip
+
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 0, 1, 1, 0])
+    plain, focused = module(), module(focus_penalty=2.0, focus_images=4)
+    plain.train(), focused.train()
+    torch.manual_seed(1)  # the same dropout masks in both nets' first forward
+    base, _, _ = plain._step((x, y))
+    torch.manual_seed(1)
+    loss, _, _ = focused._step((x, y))
+    extra = float((loss - base).detach())  # + 2 x a share in (0, 1]
+    assert 0.0 < extra <= 2.0 + 1e-4
+    loss.backward()
+    base.backward()
+    first = "net.features.conv1.weight"
+    grads = {n: p.grad for n, p in focused.named_parameters()}
+    assert not torch.allclose(grads[first], dict(plain.named_parameters())[first].grad)
+    plain.eval(), focused.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(focused._step((x, y))[0], plain._step((x, y))[0])
+    bad_values = [{"focus_penalty": -1.0}, {"focus_fraction": 0.0}, {"focus_fraction": 1.5}]
+    for bad in [*bad_values, {"focus_images": 0}]:
+        with pytest.raises(ValueError, match="model.focus_"):
+            module(**bad)
+
+
+def test_focus_penalty_runs_through_hydra_and_travels_with_the_checkpoint(tmp_path):
+    from fruitnet.report import read_metrics
+
+    results = train([*BINARY, "model.focus_penalty=0.5", "trainer.max_epochs=2"], tmp_path)
+    hparams = load_checkpoint(results["best_ckpt"])["hyper_parameters"]
+    assert (hparams["focus_penalty"], hparams["focus_fraction"]) == (0.5, 0.5)
+    shares = [r["train/grad_outside"] for r in read_metrics(tmp_path) if "train/grad_outside" in r]
+    assert len(shares) == 2 and all(0.0 < v < 1.0 for v in shares)
 
 
 def test_share_recorder_files_each_maps_share_under_its_class():

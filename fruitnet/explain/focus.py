@@ -19,6 +19,9 @@ The mass is the absolute value: for a plain Grad-CAM map (already ReLU'd) that i
 for a signed map of logit(class) - logit(other) (`CamExplainer.maps(contrast=True)`) it is the
 evidence either way, since a border marker that speaks against a class is as much a shortcut as
 one that speaks for it. An all-zero map has no share (NaN), and means skip it.
+
+`gradient_outside_share` turns the same box into a training loss (``model.focus_penalty``): the
+share of the input gradient outside it, which a net lowers by reading the middle of the image.
 """
 
 from __future__ import annotations
@@ -68,6 +71,22 @@ def central_share(maps: torch.Tensor, fraction: float = CENTRE) -> torch.Tensor:
         total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, math.nan)
     )
     return share[0] if single else share
+
+
+def gradient_outside_share(
+    images: torch.Tensor, logits: torch.Tensor, fraction: float = CENTRE
+) -> torch.Tensor:
+    """The mean over the batch of the share of each image's input gradient (of the sum of its
+    log-probabilities, Ross et al. 2017, "Right for the Right Reasons") that lies outside the
+    central box: 0 when only the centre moves the output, 0.75 for a gradient spread evenly over
+    a 0.5 box. Differentiable (``create_graph``), so a training loss can push the evidence into
+    the box; a ratio rather than the paper's squared sum, so its weight needs no rescaling with
+    the image size or the net. ``images`` must require grad and ``logits`` come from them."""
+    log_probs = torch.log_softmax(logits.float(), dim=1)
+    (grad,) = torch.autograd.grad(log_probs.sum(), images, create_graph=True)
+    mass = grad.float().abs().sum(1)  # N x H x W, over the channels
+    outside = 1 - centre_weights(mass.shape[-2], mass.shape[-1], fraction).to(mass)
+    return ((mass * outside).sum((1, 2)) / mass.sum((1, 2)).clamp_min(1e-12)).mean()
 
 
 def summarize(shares: Sequence[torch.Tensor], names: Sequence[str]) -> dict[str, Any]:

@@ -85,19 +85,21 @@ def test_merge_adds_a_new_section_and_keeps_every_other_line():
     assert "fruits table, kept byte for byte | 1 |" in again
 
 
-def test_chest_recipe_comparison_runs_five_recipes_against_a_goal():
+def test_chest_recipe_comparison_runs_six_recipes_against_a_goal():
     comp = next(c for c in plan.COMPARISONS if c.key == "chest_recipe")
     assert [r.label for _, r in comp.roles()] == [
         "chest_cnn_stage1+2",
         "best_cnn_budget",
         "best_chest input_norm=image",
         "best_chest instance_norm=2",
+        "best_chest focus_penalty=0.2",
         "best_chest",
     ]
     # Each variant row is best_chest with the one override it was tried with
     roles = {r.label: r for _, r in comp.roles()}
     assert roles["best_chest input_norm=image"].overrides == ("model.kwargs.input_norm=image",)
     assert roles["best_chest instance_norm=2"].overrides == ("model.kwargs.instance_norm=2",)
+    assert roles["best_chest focus_penalty=0.2"].overrides == ("model.focus_penalty=0.2",)
     assert dict(comp.goal) == {"test_acc": 0.90, "test_specificity": 0.85}
     assert comp.explain and comp.binary and comp.data == "folder"
 
