@@ -59,10 +59,14 @@ def build_copy(source: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def run_seed(root: Path, work: Path, seed: int, overrides: list[str]) -> dict:
+def run_dir_of(work: Path, seed: int, overrides: list[str]) -> Path:
     # A folder name Hydra's override parser and Path.suffix both leave alone
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", "_".join(overrides) or "best_chest")
-    run_dir = work / "runs" / f"{name}_seed{seed}"
+    return work / "runs" / f"{name}_seed{seed}"
+
+
+def run_seed(root: Path, work: Path, seed: int, overrides: list[str]) -> dict:
+    run_dir = run_dir_of(work, seed, overrides)
     cmd = [sys.executable, "-m", "fruitnet.train", *COMMON, f"data.root={root}", f"seed={seed}"]
     cmd += [*overrides, f"hydra.run.dir={run_dir}", f"paths.cache_dir={work / 'cache'}"]
     print("+", shlex.join(cmd), flush=True)
