@@ -84,6 +84,9 @@ class ClassifierModule(L.LightningModule):
     a float, ``"auto"`` (`choose_threshold` on each validation epoch's probabilities) or None
     (argmax). The value in force is ``self.threshold``, saved as the checkpoint's
     ``decision_threshold`` (`fruitnet.checkpoints.decision_threshold` reads it back).
+    ``focus_penalty`` (> 0): the training loss adds that times the share of the input gradient
+    outside the central ``focus_fraction`` box (`fruitnet.explain.focus.gradient_outside_share`),
+    on the first ``focus_images`` images of each batch.
     """
 
     def __init__(
@@ -180,7 +183,8 @@ class ClassifierModule(L.LightningModule):
         if self.training and self.hparams.focus_penalty > 0:
             # Right for the Right Reasons: evidence outside the central box costs, so the border,
             # the corner marker and the film's text stop paying. On a separate forward of the
-            # first focus_images images: the double backward costs ~5x a plain step on a CPU
+            # first focus_images images: over a whole batch of 64 the double backward made a CPU
+            # step 5x slower, over 16 of them 2-2.5x (bench/RECIPES.md, the chest history)
             part = x[: self.hparams.focus_images].detach().requires_grad_(True)
             outside = gradient_outside_share(part, self(part), self.hparams.focus_fraction)
             loss = loss + self.hparams.focus_penalty * outside
