@@ -1,0 +1,110 @@
+"""Validation films from the test source: does choosing the checkpoint and the cut on them help?
+
+    python bench/chest_target_val.py --work logs/chest_target_val   # -> bench/CHEST_TARGET_VAL.md
+
+The README's advice for a test set from another source is a validation set that looks like it.
+chest_xray-small has no such films besides its test split, so this takes a few of them: a copy
+(symbolic links, nothing copied) with all 300 training films as `train/`, every 6th test film per
+class (sorted by name: 10 + 10) as `val/` and the other 100 as `test/`. best_chest trains on it as
+bench/RECIPES.md's chest comparison does (60 s of fit, `data=folder`, one run at a time, runs
+already done kept), seeds 0-2, twice: with `data.use_given_val=true` (the 20 test-source films
+choose the best checkpoint and the cut, `model.threshold=auto`) and as the recipe is (30 training
+films carved for validation, the given `val/` ignored). Both are scored on the same 100 test films,
+which neither run trains or validates on. Kaggle's 16 `val/` films come from the training source
+and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib.chest_films import CLASSES, mean_std  # noqa: E402
+from benchlib.common import find_dataset, machine_text  # noqa: E402
+from chest_heldout import run_dir_of, run_seed  # noqa: E402
+
+EVERY = 6  # every 6th test film per class becomes a validation film
+ARMS = {
+    "validation carved from the training films (best_chest as it is)": [],
+    "validation = 20 films of the test source": ["data.use_given_val=true"],
+}
+METRICS = (("acc", "test_acc"), ("spec", "test_specificity"), ("sens", "test_recall"))
+
+
+def build_copy(source: Path, out: Path) -> dict[str, int]:
+    """``out/{train,val,test}/{NORMAL,PNEUMONIA}``: links into ``source`` as described above."""
+    counts = {"train": 0, "val": 0, "test": 0}
+    for name in CLASSES:
+        test = sorted((source / "test" / name).iterdir())
+        splits = {
+            "train": sorted((source / "train" / name).iterdir()),
+            "val": test[::EVERY],
+            "test": [p for i, p in enumerate(test) if i % EVERY],
+        }
+        for split, files in splits.items():
+            folder = out / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in files:
+                link = folder / path.name
+                if not link.exists():
+                    link.symlink_to(path.resolve())
+            counts[split] += len(files)
+    return counts
+
+
+def render(rows: dict[str, list[dict]], counts: dict[str, int], command: str, where: str) -> str:
+    lines = [
+        "# Chest recipe: validation films from the test source",
+        "",
+        f"Command: `{command}` (the module docstring says how the copy is split).",
+        "",
+        f"best_chest, 60 s of fit a run, one run at a time on {where}, `trainer.precision=auto`;"
+        f" {counts['train']} training films, {counts['val']} validation films taken from the"
+        f" test split, scored on the other {counts['test']} test films. Mean ± std (sample) over"
+        " the seeds; `cut`: each seed's threshold on P(PNEUMONIA).",
+        "",
+        "| validation | seeds | test acc % | specificity % | sensitivity % | AUROC | cut | epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, runs in rows.items():
+        cells = [mean_std([100 * r[key] for r in runs], 1) for _, key in METRICS]
+        cuts = "/".join(f"{r['threshold']:.2f}" for r in runs)
+        epochs = sorted(r["epochs"] for r in runs)
+        lines.append(
+            f"| {arm} | {len(runs)} | {' | '.join(cells)} | "
+            f"{mean_std([r['test_auroc'] for r in runs], 3)} | {cuts} | "
+            f"{epochs[0]}-{epochs[-1]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/chest_target_val.py", description=__doc__)
+    p.add_argument("--work", required=True, help="work folder: the linked copy, runs, cache")
+    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "CHEST_TARGET_VAL.md"))
+    args = p.parse_args(argv)
+    work = Path(args.work).resolve()
+    root = work / "chest_xray-target-val"
+    counts = build_copy(find_dataset("chest_xray-small", args.data), root)
+    rows: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        for arm, overrides in ARMS.items():
+            run = run_dir_of(work, seed, overrides)
+            if not (run / "results.json").exists():
+                run_seed(root, work, seed, overrides)
+            rows.setdefault(arm, []).append(json.loads((run / "results.json").read_text()))
+            print(seed, arm, round(100 * rows[arm][-1]["test_acc"], 1), flush=True)
+    command = f"python bench/chest_target_val.py --work {Path(args.work).as_posix()}"
+    Path(args.out).write_text(render(rows, counts, command, machine_text()))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
