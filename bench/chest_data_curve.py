@@ -18,7 +18,6 @@ this data regime do not hold that far out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.chest_films import mean_std  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
-from chest_heldout import run_dir_of, run_seed  # noqa: E402
+from chest_heldout import run_or_reuse  # noqa: E402
 
 KERMANY_TRAIN = 5232  # training films of Kermany et al. 2018 (1,349 NORMAL + 3,883 PNEUMONIA)
 METRICS = (("acc", "test_acc"), ("spec", "test_specificity"), ("sens", "test_recall"))
@@ -116,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.films:
         for seed in args.seeds:
             overrides = [f"data.max_samples_per_class={n}"]
-            run = run_dir_of(work, seed, overrides)
-            if not (run / "results.json").exists():
-                run_seed(source, work, seed, overrides)
-            rows.setdefault(n, []).append(json.loads((run / "results.json").read_text()))
+            rows.setdefault(n, []).append(run_or_reuse(source, work, seed, overrides))
             print(n, seed, round(100 * rows[n][-1]["test_acc"], 1), flush=True)
     command = f"python bench/chest_data_curve.py --work {Path(args.work).as_posix()}"
     Path(args.out).write_text(render(rows, command, machine_text()))

@@ -79,6 +79,12 @@ def run_seed(root: Path, work: Path, seed: int, overrides: list[str]) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def run_or_reuse(root: Path, work: Path, seed: int, overrides: list[str]) -> dict:
+    """`run_seed`'s results, from the run folder when an earlier call finished it."""
+    done = run_dir_of(work, seed, overrides) / "results.json"
+    return json.loads(done.read_text()) if done.exists() else run_seed(root, work, seed, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python bench/chest_heldout.py", description=__doc__.split("\n")[0]

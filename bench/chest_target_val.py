@@ -17,7 +17,6 @@ and are left out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.chest_films import CLASSES, mean_std  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
-from chest_heldout import run_dir_of, run_seed  # noqa: E402
+from chest_heldout import run_or_reuse  # noqa: E402
 
 EVERY = 6  # every 6th test film per class becomes a validation film
 ARMS = {
@@ -95,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for arm, overrides in ARMS.items():
-            run = run_dir_of(work, seed, overrides)
-            if not (run / "results.json").exists():
-                run_seed(root, work, seed, overrides)
-            rows.setdefault(arm, []).append(json.loads((run / "results.json").read_text()))
+            rows.setdefault(arm, []).append(run_or_reuse(root, work, seed, overrides))
             print(seed, arm, round(100 * rows[arm][-1]["test_acc"], 1), flush=True)
     command = f"python bench/chest_target_val.py --work {Path(args.work).as_posix()}"
     Path(args.out).write_text(render(rows, counts, command, machine_text()))

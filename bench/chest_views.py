@@ -22,7 +22,6 @@ on P(PNEUMONIA) is chosen per view on that run's own validation split with the s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.chest_films import mean_std, p_pneumonia, score  # noqa: E402
 from benchlib.common import find_dataset, isa_flags, machine  # noqa: E402
-from chest_heldout import build_copy, run_seed  # noqa: E402
+from chest_heldout import build_copy, run_dir_of, run_or_reuse  # noqa: E402
 
 from fruitnet.module import ClassifierModule, choose_threshold  # noqa: E402
 
@@ -153,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, (root, out, seeds) in splits.items():
         tables[label] = []
         for seed in seeds:
-            run = out / "runs" / f"best_chest_seed{seed}"
-            if not (run / "results.json").exists():
-                run_seed(root, out, seed, [])
-            epochs.append(json.loads((run / "results.json").read_text())["epochs"])
-            scores = score_run(run)
+            epochs.append(run_or_reuse(root, out, seed, [])["epochs"])
+            scores = score_run(run_dir_of(out, seed, []))
             tables[label].append(scores)
             print(label, seed, {k: round(v["acc"], 1) for k, v in scores.items()}, flush=True)
     command = f"python bench/chest_views.py --work {Path(args.work).as_posix()}"
