@@ -25,7 +25,7 @@ from torchmetrics.classification import (
 from torchvision.transforms.v2 import MixUp
 
 from fruitnet.checkpoints import decide
-from fruitnet.explain.focus import gradient_outside_share
+from fruitnet.explain.focus import gradient_outside_share, twice_differentiable
 from fruitnet.models import create_model
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,14 @@ class ClassifierModule(L.LightningModule):
             weights=weights,
             **(model_kwargs or {}),
         )
+        _check_losses(mixup, focus_penalty, focus_fraction, focus_images)
+        if focus_penalty > 0:
+            twice_differentiable(self.net)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         if compile:
             # Module.compile() compiles in place, so state_dict keys stay `net.*` (no `_orig_mod.`).
             self.net.compile()
-        _check_losses(mixup, focus_penalty, focus_fraction, focus_images)
         # torchvision's batch MixUp: each training batch blended with itself rolled by one, the
         # targets the same blend of one-hot labels (Zhang et al. 2018). With class weights, torch
         # averages soft-target losses over the batch rather than over the weights: a scale only

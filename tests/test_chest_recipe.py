@@ -23,6 +23,7 @@ from fruitnet.explain.focus import (
     centre_weights,
     gradient_outside_share,
     summarize,
+    twice_differentiable,
 )
 from fruitnet.models import create_model
 from fruitnet.module import choose_threshold
@@ -248,6 +249,27 @@ def test_focus_penalty_runs_through_hydra_and_travels_with_the_checkpoint(tmp_pa
     assert (hparams["focus_penalty"], hparams["focus_fraction"]) == (0.5, 0.5)
     shares = [r["train/grad_outside"] for r in read_metrics(tmp_path) if "train/grad_outside" in r]
     assert len(shares) == 2 and all(0.0 < v < 1.0 for v in shares)
+
+
+def test_focus_penalty_trains_mobilenet_v3_whose_hardsigmoid_has_no_second_derivative():
+    torch.manual_seed(0)
+    net = create_model("torchvision", num_classes=2, input_size=32, arch="mobilenet_v3_small")
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+
+    def penalty_backward() -> None:
+        gradient_outside_share(x, net(x)).backward()
+
+    net.train()
+    with pytest.raises(RuntimeError, match="hardsigmoid"):  # torch's own error, unswapped
+        penalty_backward()
+    net.eval()
+    before = net(x).detach()
+    assert twice_differentiable(net) is net
+    assert not any(isinstance(m, torch.nn.Hardsigmoid) for m in net.modules())
+    torch.testing.assert_close(net(x).detach(), before)  # the same function
+    net.train()
+    penalty_backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
 def test_share_recorder_files_each_maps_share_under_its_class():

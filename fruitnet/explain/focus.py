@@ -89,6 +89,24 @@ def gradient_outside_share(
     return ((mass * outside).sum((1, 2)) / mass.sum((1, 2)).clamp_min(1e-12)).mean()
 
 
+class _Hardsigmoid(torch.nn.Module):
+    """`nn.Hardsigmoid` as relu6(x + 3) / 6: the same values, and twice differentiable in torch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu6(x + 3) / 6
+
+
+def twice_differentiable(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with every `nn.Hardsigmoid` (MobileNetV3's squeeze-excitation gate) replaced in
+    place by the same function in ops that have a second derivative in torch, which
+    `gradient_outside_share`'s loss needs (torch has none for hardsigmoid's backward)."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Hardsigmoid):
+                setattr(module, child_name, _Hardsigmoid())
+    return net
+
+
 def summarize(shares: Sequence[torch.Tensor], names: Sequence[str]) -> dict[str, Any]:
     """``shares[c]``: the shares of class c's images -> ``{"overall", "per_class", "images",
     "region"}``: means over the maps that have a share, overall weighted by images (None when a
