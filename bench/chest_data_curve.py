@@ -25,12 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import mean_std  # noqa: E402
+from benchlib.chest_films import run_cells  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_heldout import run_or_reuse  # noqa: E402
 
 KERMANY_TRAIN = 5232  # training films of Kermany et al. 2018 (1,349 NORMAL + 3,883 PNEUMONIA)
-METRICS = (("acc", "test_acc"), ("spec", "test_specificity"), ("sens", "test_recall"))
 
 
 def auroc_needed(acc: float = 0.90) -> float:
@@ -67,15 +66,9 @@ def render(rows: dict[int, list[dict]], command: str, where: str) -> str:
     ]
     films, aurocs = [], []
     for n, runs in sorted(rows.items()):
-        cells = [mean_std([100 * r[key] for r in runs], 1) for _, key in METRICS]
-        auroc = [r["test_auroc"] for r in runs]
-        epochs = sorted({r["epochs"] for r in runs})
-        lines.append(
-            f"| {n} | {len(runs)} | {' | '.join(cells)} | {mean_std(auroc, 3)} | "
-            f"{min(epochs)}-{max(epochs)} |"
-        )
+        lines.append(f"| {n} | {len(runs)} | {run_cells(runs)} |")
         films += [2 * n] * len(runs)
-        aurocs += auroc
+        aurocs += [r["test_auroc"] for r in runs]
     a, b = fit_power_law(films, aurocs)
     need = auroc_needed()
     fit = (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import CLASSES, mean_std  # noqa: E402
+from benchlib.chest_films import CLASSES, run_cells  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_heldout import run_or_reuse  # noqa: E402
 
@@ -31,7 +31,6 @@ ARMS = {
     "validation carved from the training films (best_chest as it is)": [],
     "validation = 20 films of the test source": ["data.use_given_val=true"],
 }
-METRICS = (("acc", "test_acc"), ("spec", "test_specificity"), ("sens", "test_recall"))
 
 
 def build_copy(source: Path, out: Path) -> dict[str, int]:
@@ -66,18 +65,12 @@ def render(rows: dict[str, list[dict]], counts: dict[str, int], command: str, wh
         f" test split, scored on the other {counts['test']} test films. Mean ± std (sample) over"
         " the seeds; `cut`: each seed's threshold on P(PNEUMONIA).",
         "",
-        "| validation | seeds | test acc % | specificity % | sensitivity % | AUROC | cut | epochs |",
+        "| validation | seeds | test acc % | specificity % | sensitivity % | AUROC | epochs | cut |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for arm, runs in rows.items():
-        cells = [mean_std([100 * r[key] for r in runs], 1) for _, key in METRICS]
         cuts = "/".join(f"{r['threshold']:.2f}" for r in runs)
-        epochs = sorted(r["epochs"] for r in runs)
-        lines.append(
-            f"| {arm} | {len(runs)} | {' | '.join(cells)} | "
-            f"{mean_std([r['test_auroc'] for r in runs], 3)} | {cuts} | "
-            f"{epochs[0]}-{epochs[-1]} |"
-        )
+        lines.append(f"| {arm} | {len(runs)} | {run_cells(runs)} | {cuts} |")
     return "\n".join(lines) + "\n"
 
 

@@ -116,6 +116,7 @@ class ClassifierModule(L.LightningModule):
         threshold: str | float | None = None,
     ) -> None:
         super().__init__()
+        _check_losses(mixup, focus_penalty, focus_fraction, focus_images)
         self.save_hyperparameters()
         self.net = create_model(
             model_name,
@@ -125,7 +126,6 @@ class ClassifierModule(L.LightningModule):
             weights=weights,
             **(model_kwargs or {}),
         )
-        _check_losses(mixup, focus_penalty, focus_fraction, focus_images)
         if focus_penalty > 0:
             twice_differentiable(self.net)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -186,7 +186,7 @@ class ClassifierModule(L.LightningModule):
             # Right for the Right Reasons: evidence outside the central box costs, so the border,
             # the corner marker and the film's text stop paying. On a separate forward of the
             # first focus_images images: over a whole batch of 64 the double backward made a CPU
-            # step 5x slower, over 16 of them 2-2.5x (bench/RECIPES.md, the chest history)
+            # step 4-5x slower, over 16 of them about 2x (bench/RECIPES.md, the chest history)
             part = x[: self.hparams.focus_images].detach().requires_grad_(True)
             outside = gradient_outside_share(part, self(part), self.hparams.focus_fraction)
             loss = loss + self.hparams.focus_penalty * outside

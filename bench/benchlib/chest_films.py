@@ -67,3 +67,15 @@ def score(p1: torch.Tensor, y: torch.Tensor, cut: float) -> dict[str, float]:
 def mean_std(values: list[float], digits: int = 1) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def run_cells(runs: list[dict[str, Any]]) -> str:
+    """Training runs' results.json -> the table cells "test acc % | specificity % | sensitivity %
+    | AUROC | epochs", mean ± std (sample) over the runs and the range of their epochs."""
+    rates = [
+        mean_std([100 * r[key] for r in runs])
+        for key in ("test_acc", "test_specificity", "test_recall")
+    ]
+    epochs = [r["epochs"] for r in runs]
+    auroc = mean_std([r["test_auroc"] for r in runs], 3)
+    return f"{' | '.join(rates)} | {auroc} | {min(epochs)}-{max(epochs)}"

@@ -26,6 +26,7 @@ share of the input gradient outside it, which a net lowers by reading the middle
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -85,8 +86,16 @@ def gradient_outside_share(
     log_probs = torch.log_softmax(logits.float(), dim=1)
     (grad,) = torch.autograd.grad(log_probs.sum(), images, create_graph=True)
     mass = grad.float().abs().sum(1)  # N x H x W, over the channels
-    outside = 1 - centre_weights(mass.shape[-2], mass.shape[-1], fraction).to(mass)
+    outside = _outside_weights(mass.shape[-2], mass.shape[-1], fraction, mass.device)
     return ((mass * outside).sum((1, 2)) / mass.sum((1, 2)).clamp_min(1e-12)).mean()
+
+
+@functools.lru_cache(maxsize=8)
+def _outside_weights(
+    height: int, width: int, fraction: float, device: torch.device
+) -> torch.Tensor:
+    # Once per input size and device: the loss runs every training step
+    return (1 - centre_weights(height, width, fraction)).float().to(device)
 
 
 class _Hardsigmoid(torch.nn.Module):
