@@ -17,7 +17,6 @@ this data regime do not hold that far out.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import run_cells  # noqa: E402
+from benchlib.chest_films import bench_parser, run_cells, write_report  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_heldout import run_or_reuse  # noqa: E402
 
@@ -93,12 +92,9 @@ def render(rows: dict[int, list[dict]], command: str, where: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/chest_data_curve.py", description=__doc__)
-    p.add_argument("--work", required=True, help="work folder: runs and cache")
-    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p = bench_parser("chest_data_curve.py", __doc__, "CHEST_DATA.md", "runs and cache")
     p.add_argument("--films", type=int, nargs="+", default=[60, 100, 150], help="per class")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "CHEST_DATA.md"))
     args = p.parse_args(argv)
     if min(args.films) < 60:
         raise SystemExit("--films: at least 60 per class, or the cap would cut the test films too")
@@ -110,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"data.max_samples_per_class={n}"]
             rows.setdefault(n, []).append(run_or_reuse(source, work, seed, overrides))
             print(n, seed, round(100 * rows[n][-1]["test_acc"], 1), flush=True)
-    command = f"python bench/chest_data_curve.py --work {Path(args.work).as_posix()}"
-    Path(args.out).write_text(render(rows, command, machine_text()))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args, "chest_data_curve.py", lambda cmd: render(rows, cmd, machine_text()))
 
 
 if __name__ == "__main__":

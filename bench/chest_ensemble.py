@@ -16,7 +16,6 @@ C(6, k) ensembles of that size, which share members, so their std is no seed spr
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import sys
@@ -28,7 +27,13 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import mean_std, p_pneumonia, score  # noqa: E402
+from benchlib.chest_films import (  # noqa: E402
+    bench_parser,
+    mean_std,
+    p_pneumonia,
+    score,
+    write_report,
+)
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_data_curve import auroc_needed  # noqa: E402
 from chest_heldout import run_dir_of, run_or_reuse  # noqa: E402
@@ -121,11 +126,8 @@ def render(rows: list[tuple[int, int, list[dict]]], command: str, where: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/chest_ensemble.py", description=__doc__)
-    p.add_argument("--work", required=True, help="work folder: runs and cache")
-    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p = bench_parser("chest_ensemble.py", __doc__, "CHEST_ENSEMBLE.md", "runs and cache")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "CHEST_ENSEMBLE.md"))
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     source = find_dataset("chest_xray-small", args.data)
@@ -137,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             members.append(test_probs(run_dir_of(work, seed, overrides)))
             print(fit, seed, round(100 * r["test_acc"], 1), round(r["test_auroc"], 3), flush=True)
         rows += [(fit, k, ensembles(members, k)) for k in SIZES if k <= len(members)]
-    command = f"python bench/chest_ensemble.py --work {Path(args.work).as_posix()}"
-    Path(args.out).write_text(render(rows, command, machine_text()))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args, "chest_ensemble.py", lambda cmd: render(rows, cmd, machine_text()))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ and are left out.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import CLASSES, run_cells  # noqa: E402
+from benchlib.chest_films import CLASSES, bench_parser, run_cells, write_report  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_heldout import run_or_reuse  # noqa: E402
 
@@ -75,11 +74,10 @@ def render(rows: dict[str, list[dict]], counts: dict[str, int], command: str, wh
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/chest_target_val.py", description=__doc__)
-    p.add_argument("--work", required=True, help="work folder: the linked copy, runs, cache")
-    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p = bench_parser(
+        "chest_target_val.py", __doc__, "CHEST_TARGET_VAL.md", "the linked copy, runs, cache"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "CHEST_TARGET_VAL.md"))
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     root = work / "chest_xray-target-val"
@@ -89,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         for arm, overrides in ARMS.items():
             rows.setdefault(arm, []).append(run_or_reuse(root, work, seed, overrides))
             print(seed, arm, round(100 * rows[arm][-1]["test_acc"], 1), flush=True)
-    command = f"python bench/chest_target_val.py --work {Path(args.work).as_posix()}"
-    Path(args.out).write_text(render(rows, counts, command, machine_text()))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(
+        args, "chest_target_val.py", lambda cmd: render(rows, counts, cmd, machine_text())
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ on P(PNEUMONIA) is chosen per view on that run's own validation split with the s
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,13 @@ from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import mean_std, p_pneumonia, score  # noqa: E402
+from benchlib.chest_films import (  # noqa: E402
+    bench_parser,
+    mean_std,
+    p_pneumonia,
+    score,
+    write_report,
+)
 from benchlib.common import find_dataset, isa_flags, machine  # noqa: E402
 from chest_heldout import build_copy, run_dir_of, run_or_reuse  # noqa: E402
 
@@ -133,12 +138,9 @@ def render(tables: dict[str, list[dict]], command: str, trained: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/chest_views.py", description=__doc__)
-    p.add_argument("--work", required=True, help="work folder: runs, the held-out copy, cache")
-    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p = bench_parser("chest_views.py", __doc__, "CHEST_VIEWS.md", "runs, the held-out copy, cache")
     p.add_argument("--heldout-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--test-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "CHEST_VIEWS.md"))
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     source = find_dataset("chest_xray-small", args.data)
@@ -156,15 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             scores = score_run(run_dir_of(out, seed, []))
             tables[label].append(scores)
             print(label, seed, {k: round(v["acc"], 1) for k, v in scores.items()}, flush=True)
-    command = f"python bench/chest_views.py --work {Path(args.work).as_posix()}"
     m = machine()
     trained = (
         f"Training: {m['cpu']} ({m['cores']} cores; {isa_flags()}), torch {m['torch']},"
         f" `trainer.precision=auto`; {min(epochs)}-{max(epochs)} epochs in the 60 s of each run."
     )
-    Path(args.out).write_text(render(tables, command, trained))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args, "chest_views.py", lambda cmd: render(tables, cmd, trained))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """The chest_xray-small films and a search bench's chest retrains, for the scripts that score
-trained checkpoints again on the test films (chest_bn_shift.py, chest_sharpness.py)."""
+trained checkpoints again on the test films (chest_bn_shift.py, chest_sharpness.py), and the
+command line and report of the scripts that train best_chest themselves (chest_views.py,
+chest_data_curve.py, chest_target_val.py, chest_ensemble.py)."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from torchmetrics.functional.classification import (
     binary_specificity,
 )
 
+from benchlib.common import BENCH
 from fruitnet.data.io import load_image
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -79,3 +84,22 @@ def run_cells(runs: list[dict[str, Any]]) -> str:
     epochs = [r["epochs"] for r in runs]
     auroc = mean_std([r["test_auroc"] for r in runs], 3)
     return f"{' | '.join(rates)} | {auroc} | {min(epochs)}-{max(epochs)}"
+
+
+def bench_parser(script: str, doc: str | None, report: str, work: str) -> argparse.ArgumentParser:
+    """``python bench/<script>``'s parser with the arguments every such script takes: --work (what
+    it holds: ``work``), --data and --out (bench/<report> by default)."""
+    p = argparse.ArgumentParser(prog=f"python bench/{script}", description=doc)
+    p.add_argument("--work", required=True, help=f"work folder: {work}")
+    p.add_argument("--data", metavar="DIR", help="folder holding chest_xray-small")
+    p.add_argument("--out", default=str(BENCH / report))
+    return p
+
+
+def write_report(args: argparse.Namespace, script: str, render: Callable[[str], str]) -> int:
+    """Writes ``render(command)`` to ``args.out``, the command that rewrites it with relative
+    paths only; 0, the script's exit status."""
+    command = f"python bench/{script} --work {Path(args.work).as_posix()}"
+    Path(args.out).write_text(render(command))
+    print(f"wrote {args.out}")
+    return 0
