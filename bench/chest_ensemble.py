@@ -1,4 +1,4 @@
-"""Would averaging several chest nets rank the test films well enough for the goal?
+"""Would averaging several chest nets, or their last epochs, rank the test films well enough?
 
     python bench/chest_ensemble.py --work logs/chest_ensemble   # -> bench/CHEST_ENSEMBLE.md
 
@@ -6,12 +6,14 @@ Averaging the probabilities of nets trained from other seeds is the cheapest way
 ranking (Lakshminarayanan et al. 2017, deep ensembles). Trains best_chest as bench/RECIPES.md's
 chest comparison does (`data=folder`, one run at a time, runs already done kept) on chest_xray-small,
 seeds 0-5, once with its 60 s of fit and once with 20 s, then scores every ensemble of k of those
-nets on the 120 test films: the mean P(PNEUMONIA) of its members (best-validation checkpoints, fp32
-eager torch) cut at the mean of the members' own cuts (`model.threshold=auto`, each chosen on that
-run's validation films; their validation films differ by seed, and some are the training films
-of the other members, so no cut is chosen on the ensemble's probabilities). k nets of 20 s cost
-what one net of 60 s costs; k nets of 60 s cost k times that. Rows give the mean ± std over all
-C(6, k) ensembles of that size, which share members, so their std is no seed spread.
+nets on the 120 test films: the mean P(PNEUMONIA) of its members (fp32 eager torch) cut at the
+mean of the members' own cuts (`model.threshold=auto`, each chosen on that run's validation films;
+their validation films differ by seed, and some are the training films of the other members, so no
+cut is chosen on the ensemble's probabilities). Each net is taken twice: from its best-validation
+checkpoint (what best_chest keeps, chosen on 30 validation films) and from its last epoch (with the
+cut of that epoch). k nets of 20 s cost what one net of 60 s costs; k nets of 60 s cost k times
+that. Rows give the mean ± std over all C(6, k) ensembles of that size, which share members, so
+their std is no seed spread.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ from fruitnet.module import ClassifierModule  # noqa: E402
 
 # seconds of fit per net -> the override that sets it (60 s is best_chest's own cap)
 FITS = {60: [], 20: ["trainer.max_time=00:00:00:20"]}
+# which checkpoint of each run -> its file name pattern in the run's checkpoints/
+CHECKPOINTS = {"best validation": "epoch_*.ckpt", "last epoch": "last.ckpt"}
 SIZES = (1, 2, 3, 6)
 
 
-def test_probs(run: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """P(PNEUMONIA) of the run's test films from its best-validation checkpoint, their labels,
-    and the cut the run chose on its validation films."""
-    (ckpt,) = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
+def test_probs(run: Path, pattern: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """P(PNEUMONIA) of the run's test films from its checkpoint matching ``pattern``, their
+    labels, and the cut stored with it (chosen on the run's validation films)."""
+    (ckpt,) = sorted((run / "checkpoints").glob(pattern))
     module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     module.eval()
     node = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
@@ -88,9 +92,9 @@ def _cell(values: list[float], digits: int = 1) -> str:
     return mean_std(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
-def render(rows: list[tuple[int, int, list[dict]]], command: str, where: str) -> str:
+def render(rows: list[tuple[int, str, int, list[dict]]], command: str, where: str) -> str:
     lines = [
-        "# Chest recipe: ensembles of seeds on the test films",
+        "# Chest recipe: ensembles of seeds and the last epoch, on the test films",
         "",
         f"Command: `{command}` (the module docstring says how the runs are made and scored).",
         "",
@@ -98,20 +102,21 @@ def render(rows: list[tuple[int, int, list[dict]]], command: str, where: str) ->
         " of chest_xray-small, scored in fp32. Each row is every ensemble of k nets out of 6 seeds;"
         " mean ± std over those ensembles.",
         "",
-        "| nets | fit per net | fit in all | ensembles | test acc % | specificity % | sensitivity %"
-        " | AUROC | best acc % at specificity >= 85 %, any cut |",
-        "|---:|---:|---:|---:|---|---|---|---|---|",
+        "| checkpoint | nets | fit per net | fit in all | ensembles | test acc % | specificity %"
+        " | sensitivity % | AUROC | best acc % at specificity >= 85 %, any cut |",
+        "|---|---:|---:|---:|---:|---|---|---|---|---|",
     ]
-    for fit, k, scores in rows:
+    for fit, checkpoint, k, scores in rows:
         cells = [_cell([s[m] for s in scores]) for m in ("acc", "spec", "sens")]
         auroc = _cell([s["auroc"] for s in scores], 3)
         best_acc = _cell([s["best_acc"] for s in scores])
         lines.append(
-            f"| {k} | {fit} s | {k * fit} s | {len(scores)} | {' | '.join(cells)} | {auroc}"
+            f"| {checkpoint} | {k} | {fit} s | {k * fit} s | {len(scores)} | {' | '.join(cells)}"
+            f" | {auroc}"
             f" | {best_acc} |"
         )
-    best = max(statistics.mean(s["auroc"] for s in scores) for _, _, scores in rows)
-    reach = max(max(s["best_acc"] for s in scores) for _, _, scores in rows)
+    best = max(statistics.mean(s["auroc"] for s in scores) for *_, scores in rows)
+    reach = max(max(s["best_acc"] for s in scores) for *_, scores in rows)
     lines += [
         "",
         "The last column is the best any cut could do, read off the test films themselves (so it"
@@ -132,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     source = find_dataset("chest_xray-small", args.data)
     rows = []
-    for fit, overrides in FITS.items():
-        members = []
-        for seed in args.seeds:
-            r = run_or_reuse(source, work, seed, overrides)
-            members.append(test_probs(run_dir_of(work, seed, overrides)))
-            print(fit, seed, round(100 * r["test_acc"], 1), round(r["test_auroc"], 3), flush=True)
-        rows += [(fit, k, ensembles(members, k)) for k in SIZES if k <= len(members)]
+    for checkpoint, pattern in CHECKPOINTS.items():
+        for fit, overrides in FITS.items():
+            members = []
+            for seed in args.seeds:
+                r = run_or_reuse(source, work, seed, overrides)
+                members.append(test_probs(run_dir_of(work, seed, overrides), pattern))
+                print(fit, seed, round(100 * r["test_acc"], 1), flush=True)
+            rows += [
+                (fit, checkpoint, k, ensembles(members, k)) for k in SIZES if k <= len(members)
+            ]
     return write_report(args, "chest_ensemble.py", lambda cmd: render(rows, cmd, machine_text()))
 
 
