@@ -1,4 +1,4 @@
-"""Would averaging several chest nets, or their last epochs, rank the test films well enough?
+"""Would averaging chest nets, or another checkpoint of each, rank the test films well enough?
 
     python bench/chest_ensemble.py --work logs/chest_ensemble   # -> bench/CHEST_ENSEMBLE.md
 
@@ -9,11 +9,13 @@ seeds 0-5, once with its 60 s of fit and once with 20 s, then scores every ensem
 nets on the 120 test films: the mean P(PNEUMONIA) of its members (fp32 eager torch) cut at the
 mean of the members' own cuts (`model.threshold=auto`, each chosen on that run's validation films;
 their validation films differ by seed, and some are the training films of the other members, so no
-cut is chosen on the ensemble's probabilities). Each net is taken twice: from its best-validation
-checkpoint (what best_chest keeps, chosen on 30 validation films) and from its last epoch (with the
-cut of that epoch). k nets of 20 s cost what one net of 60 s costs; k nets of 60 s cost k times
-that. Rows give the mean ± std over all C(6, k) ensembles of that size, which share members, so
-their std is no seed spread.
+cut is chosen on the ensemble's probabilities). Each net is taken from three checkpoints, each with
+the cut of its epoch: the epoch of the best validation accuracy (what best_chest keeps, chosen on
+30 validation films), the last epoch, and the epoch of the lowest validation loss (the same seed
+trained again with `callbacks.model_checkpoint.monitor=val/loss`: a loss ranks 30 films' epochs
+more finely than an accuracy that ties). k nets of 20 s cost what one net of 60 s costs; k nets of
+60 s cost k times that. Rows give the mean ± std over all C(6, k) ensembles of that size, which
+share members, so their std is no seed spread.
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ from fruitnet.module import ClassifierModule  # noqa: E402
 
 # seconds of fit per net -> the override that sets it (60 s is best_chest's own cap)
 FITS = {60: [], 20: ["trainer.max_time=00:00:00:20"]}
-# which checkpoint of each run -> its file name pattern in the run's checkpoints/
-CHECKPOINTS = {"best validation": "epoch_*.ckpt", "last epoch": "last.ckpt"}
+# which checkpoint of each net -> the run's extra overrides and the file in its checkpoints/
+CHECKPOINTS = {
+    "best val/acc": ([], "epoch_*.ckpt"),
+    "last epoch": ([], "last.ckpt"),
+    "lowest val/loss": (
+        ["callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"],
+        "epoch_*.ckpt",
+    ),
+}
 SIZES = (1, 2, 3, 6)
 
 
@@ -94,7 +103,7 @@ def _cell(values: list[float], digits: int = 1) -> str:
 
 def render(rows: list[tuple[int, str, int, list[dict]]], command: str, where: str) -> str:
     lines = [
-        "# Chest recipe: ensembles of seeds and the last epoch, on the test films",
+        "# Chest recipe: ensembles of seeds and the checkpoint of each, on the test films",
         "",
         f"Command: `{command}` (the module docstring says how the runs are made and scored).",
         "",
@@ -137,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     source = find_dataset("chest_xray-small", args.data)
     rows = []
-    for checkpoint, pattern in CHECKPOINTS.items():
+    for checkpoint, (extra, pattern) in CHECKPOINTS.items():
         for fit, overrides in FITS.items():
             members = []
             for seed in args.seeds:
-                r = run_or_reuse(source, work, seed, overrides)
-                members.append(test_probs(run_dir_of(work, seed, overrides), pattern))
+                r = run_or_reuse(source, work, seed, [*overrides, *extra])
+                members.append(test_probs(run_dir_of(work, seed, [*overrides, *extra]), pattern))
                 print(fit, seed, round(100 * r["test_acc"], 1), flush=True)
             rows += [
                 (fit, checkpoint, k, ensembles(members, k)) for k in SIZES if k <= len(members)

@@ -46,9 +46,9 @@ def test_render_names_the_budget_of_each_row_and_the_auroc_the_goal_needs():
         {"acc": 82.0, "spec": 74.0, "sens": 90.0, "auroc": a, "best_acc": b}
         for a, b in ((0.91, 85.0), (0.93, 86.0))
     ]
-    rows = [(60, "best validation", 1, scores), (20, "last epoch", 2, pairs)]
+    rows = [(60, "best val/acc", 1, scores), (20, "last epoch", 2, pairs)]
     text = ensemble.render(rows, "python bench/chest_ensemble.py --work w", "a CPU")
-    one = "| best validation | 1 | 60 s | 60 s | 1 | 80.0 | 70.0 | 90.0 | 0.900 | 84.0 |"
+    one = "| best val/acc | 1 | 60 s | 60 s | 1 | 80.0 | 70.0 | 90.0 | 0.900 | 84.0 |"
     two = (
         "| last epoch | 2 | 20 s | 40 s | 2 | 82.0 ± 0.0 | 74.0 ± 0.0 | 90.0 ± 0.0 | 0.920 ± 0.014"
     )
