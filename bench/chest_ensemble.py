@@ -31,13 +31,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import (  # noqa: E402
-    bench_parser,
-    mean_std,
-    p_pneumonia,
-    score,
-    write_report,
-)
+from benchlib import chest_films as films  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_data_curve import auroc_needed  # noqa: E402
 from chest_heldout import run_dir_of, run_or_reuse  # noqa: E402
@@ -69,7 +63,7 @@ def test_probs(run: Path, pattern: str) -> tuple[torch.Tensor, torch.Tensor, flo
     dm.setup("test")
     pairs = [(dm.batch_transform(x, train=False), y) for x, y in dm.test_dataloader()]
     batches, labels = zip(*pairs, strict=True)
-    return p_pneumonia(module, list(batches)), torch.cat(labels), float(module.threshold)
+    return films.p_pneumonia(module, list(batches)), torch.cat(labels), float(module.threshold)
 
 
 def best_accuracy(probs: torch.Tensor, labels: torch.Tensor, min_spec: float = 85.0) -> float:
@@ -92,13 +86,13 @@ def ensembles(members: list[tuple[torch.Tensor, torch.Tensor, float]], k: int) -
     for group in itertools.combinations(members, k):
         probs = torch.stack([p for p, _, _ in group]).mean(0)
         cut = statistics.mean(c for _, _, c in group)
-        out.append({**score(probs, labels, cut), "best_acc": best_accuracy(probs, labels)})
+        out.append({**films.score(probs, labels, cut), "best_acc": best_accuracy(probs, labels)})
     return out
 
 
 def _cell(values: list[float], digits: int = 1) -> str:
     # One ensemble of all the nets has no spread to show
-    return mean_std(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
+    return films.mean_std(values, digits) if len(values) > 1 else f"{values[0]:.{digits}f}"
 
 
 def render(rows: list[tuple[int, str, int, list[dict]]], command: str, where: str) -> str:
@@ -140,7 +134,7 @@ def render(rows: list[tuple[int, str, int, list[dict]]], command: str, where: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = bench_parser("chest_ensemble.py", __doc__, "CHEST_ENSEMBLE.md", "runs and cache")
+    p = films.bench_parser("chest_ensemble.py", __doc__, "CHEST_ENSEMBLE.md", "runs and cache")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
@@ -156,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += [
                 (fit, checkpoint, k, ensembles(members, k)) for k in SIZES if k <= len(members)
             ]
-    return write_report(args, "chest_ensemble.py", lambda cmd: render(rows, cmd, machine_text()))
+    return films.write_report(
+        args, "chest_ensemble.py", lambda cmd: render(rows, cmd, machine_text())
+    )
 
 
 if __name__ == "__main__":
