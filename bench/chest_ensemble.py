@@ -25,9 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
+from torchmetrics.functional.classification import binary_roc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,8 +34,6 @@ from benchlib import chest_films as films  # noqa: E402
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_data_curve import auroc_needed  # noqa: E402
 from chest_heldout import run_dir_of, run_or_reuse  # noqa: E402
-
-from fruitnet.module import ClassifierModule  # noqa: E402
 
 # seconds of fit per net -> the override that sets it (60 s is best_chest's own cap)
 FITS = {60: [], 20: ["trainer.max_time=00:00:00:20"]}
@@ -55,26 +52,23 @@ SIZES = (1, 2, 3, 6)
 def test_probs(run: Path, pattern: str) -> tuple[torch.Tensor, torch.Tensor, float]:
     """P(PNEUMONIA) of the run's test films from its checkpoint matching ``pattern``, their
     labels, and the cut stored with it (chosen on the run's validation films)."""
-    (ckpt,) = sorted((run / "checkpoints").glob(pattern))
-    module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    module.eval()
-    node = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
-    dm = hydra.utils.instantiate(node)
-    dm.setup("test")
-    pairs = [(dm.batch_transform(x, train=False), y) for x, y in dm.test_dataloader()]
-    batches, labels = zip(*pairs, strict=True)
-    return films.p_pneumonia(module, list(batches)), torch.cat(labels), float(module.threshold)
+    module = films.load_module(run, pattern)
+    dm = films.run_datamodule(run)
+    batches, labels = films.decoded(dm, dm.test_dataloader())
+    return films.p_pneumonia(module, batches), labels, float(module.threshold)
 
 
 def best_accuracy(probs: torch.Tensor, labels: torch.Tensor, min_spec: float = 85.0) -> float:
     """The highest accuracy (%) of any cut on ``probs`` whose specificity is ``min_spec`` % or
     more: read off the test films, so it chooses nothing; it shows whether the ranking alone
     allows the goal, whatever cut a validation split would choose."""
-    cuts = torch.cat([probs.unique(), probs.new_zeros(1)])  # PNEUMONIA when P > cut; 0: all
-    called = probs[None, :] > cuts[:, None]
-    spec = 100 * (~called[:, labels == 0]).float().mean(1)
-    acc = 100 * (called == labels.bool()).float().mean(1)
-    return acc[spec >= min_spec].max().item()
+    fpr, tpr, _ = binary_roc(probs, labels)  # every cut between two films, all and none too
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    # back to film counts, so a specificity of exactly min_spec is not lost to float rounding
+    tp, tn = (tpr * positives).round(), ((1 - fpr) * negatives).round()
+    acc = 100 * (tp + tn) / len(labels)
+    return acc[100 * tn / negatives >= min_spec].max().item()
 
 
 def ensembles(members: list[tuple[torch.Tensor, torch.Tensor, float]], k: int) -> list[dict]:

@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib.chest_films import CLASSES, link_films  # noqa: E402
 from benchlib.common import REPO, find_dataset  # noqa: E402
 from benchlib.recipe_plan import COMMON as BENCH_COMMON  # noqa: E402
 
 from fruitnet.data.scan import carve_val  # noqa: E402
 
 PATIENT = r"person\d+|(NORMAL2-)?IM-\d+"
-CLASSES = ("NORMAL", "PNEUMONIA")
 # The recipes bench's chest comparison: its common overrides, data=folder, 60 s of fit
 COMMON = ["experiment=best_chest", "data=folder", *BENCH_COMMON, "trainer.max_time=00:00:01:00"]
 
@@ -47,16 +47,10 @@ def build_copy(source: Path, out: Path) -> dict[str, int]:
     extra = [
         (p, y) for y, name in enumerate(CLASSES) for p in sorted((source / "val" / name).iterdir())
     ]
-    counts = {}
-    for split, samples in (("train", kept), ("test", carved + extra)):
-        for name in CLASSES:
-            (out / split / name).mkdir(parents=True, exist_ok=True)
-        for path, y in samples:
-            link = out / split / CLASSES[y] / path.name
-            if not link.exists():
-                link.symlink_to(path.resolve())
-        counts[split] = len(samples)
-    return counts
+    return {
+        "train": link_films(out / "train", kept),
+        "test": link_films(out / "test", carved + extra),
+    }
 
 
 def run_dir_of(work: Path, seed: int, overrides: list[str]) -> Path:

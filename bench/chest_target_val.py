@@ -21,7 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.chest_films import CLASSES, bench_parser, run_cells, write_report  # noqa: E402
+from benchlib.chest_films import (  # noqa: E402
+    CLASSES,
+    bench_parser,
+    link_films,
+    run_cells,
+    write_report,
+)
 from benchlib.common import find_dataset, machine_text  # noqa: E402
 from chest_heldout import run_or_reuse  # noqa: E402
 
@@ -34,23 +40,13 @@ ARMS = {
 
 def build_copy(source: Path, out: Path) -> dict[str, int]:
     """``out/{train,val,test}/{NORMAL,PNEUMONIA}``: links into ``source`` as described above."""
-    counts = {"train": 0, "val": 0, "test": 0}
-    for name in CLASSES:
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
+    for y, name in enumerate(CLASSES):
         test = sorted((source / "test" / name).iterdir())
-        splits = {
-            "train": sorted((source / "train" / name).iterdir()),
-            "val": test[::EVERY],
-            "test": [p for i, p in enumerate(test) if i % EVERY],
-        }
-        for split, files in splits.items():
-            folder = out / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in files:
-                link = folder / path.name
-                if not link.exists():
-                    link.symlink_to(path.resolve())
-            counts[split] += len(files)
-    return counts
+        splits["train"] += [(p, y) for p in sorted((source / "train" / name).iterdir())]
+        splits["val"] += [(p, y) for p in test[::EVERY]]
+        splits["test"] += [(p, y) for i, p in enumerate(test) if i % EVERY]
+    return {split: link_films(out / split, samples) for split, samples in splits.items()}
 
 
 def render(rows: dict[str, list[dict]], counts: dict[str, int], command: str, where: str) -> str:

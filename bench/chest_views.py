@@ -25,24 +25,25 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.chest_films import (  # noqa: E402
     bench_parser,
+    decoded,
+    load_module,
     mean_std,
     p_pneumonia,
+    run_datamodule,
     score,
     write_report,
 )
 from benchlib.common import find_dataset, isa_flags, machine  # noqa: E402
 from chest_heldout import build_copy, run_dir_of, run_or_reuse  # noqa: E402
 
-from fruitnet.module import ClassifierModule, choose_threshold  # noqa: E402
+from fruitnet.module import choose_threshold  # noqa: E402
 
 View = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -77,28 +78,20 @@ VIEWS: dict[str, tuple[View, float]] = {
 
 def view_probs(module, dm, loader, views: View) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean P(PNEUMONIA) over ``views`` of every film of ``loader``, and the labels."""
-    pairs = [(dm.batch_transform(x, train=False), y) for x, y in loader]
-    batches, labels = zip(*pairs, strict=True)
+    batches, labels = decoded(dm, loader)
     per_view = zip(*(views(b) for b in batches), strict=True)  # view k of every batch, in order
     probs = torch.stack([p_pneumonia(module, list(vb)) for vb in per_view]).mean(0)
-    return probs, torch.cat(labels)
+    return probs, labels
 
 
 def score_run(run: Path) -> dict[str, dict[str, float]]:
     """One run's test-split scores under every view, each at the cut its validation split chose."""
-    (ckpt,) = sorted((run / "checkpoints").glob("epoch_*.ckpt"))
-    module = ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    module.eval()
-    node = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
-    datamodules = {}
+    module = load_module(run)
+    datamodules = {}  # data.crop_fraction -> the run's datamodule decoding at it
     out = {}
     for name, (views, fraction) in VIEWS.items():
         if fraction not in datamodules:
-            # The run's own data node, so the same seed carves the same validation films
-            dm = hydra.utils.instantiate({**node, "crop_fraction": fraction})
-            dm.setup("fit")
-            dm.setup("test")
-            datamodules[fraction] = dm
+            datamodules[fraction] = run_datamodule(run, crop_fraction=fraction)
         dm = datamodules[fraction]
         cut = choose_threshold(*view_probs(module, dm, dm.val_dataloader(), views))
         out[name] = score(*view_probs(module, dm, dm.test_dataloader(), views), cut)

@@ -1,7 +1,8 @@
 """The chest_xray-small films and a search bench's chest retrains, for the scripts that score
-trained checkpoints again on the test films (chest_bn_shift.py, chest_sharpness.py), and the
-command line and report of the scripts that train best_chest themselves (chest_views.py,
-chest_data_curve.py, chest_target_val.py, chest_ensemble.py)."""
+trained checkpoints again on the test films (chest_bn_shift.py, chest_sharpness.py); and for the
+scripts that train best_chest themselves (chest_heldout.py, chest_views.py, chest_data_curve.py,
+chest_target_val.py, chest_ensemble.py): linked copies of the films, a run's checkpoint and
+datamodule loaded back, their command line and report."""
 
 from __future__ import annotations
 
@@ -49,6 +50,52 @@ def retrains(work: Path) -> list[tuple[str, Path]]:
             raise SystemExit(f"{run}: want one best-validation checkpoint, found {len(best)}")
         out.append((RUN.match(run.name)["net"], best[0]))
     return out
+
+
+def link_films(split_dir: Path, samples: list[tuple[Path, int]]) -> int:
+    """``split_dir/{NORMAL,PNEUMONIA}/<name>``: a symbolic link to each ``(file, label)`` of
+    ``samples`` (nothing copied; links already there are kept), both class folders made even when
+    one stays empty. Returns how many films the split has."""
+    for name in CLASSES:
+        (split_dir / name).mkdir(parents=True, exist_ok=True)
+    for path, y in samples:
+        link = split_dir / CLASSES[y] / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    return len(samples)
+
+
+def load_module(run: Path, pattern: str = "epoch_*.ckpt") -> Any:
+    """A training run folder's checkpoint matching ``pattern`` (the best-validation one by
+    default) as an eval-mode `ClassifierModule`."""
+    from fruitnet.module import ClassifierModule
+
+    found = sorted((run / "checkpoints").glob(pattern))
+    if len(found) != 1:
+        raise SystemExit(f"{run}: want one checkpoint matching {pattern}, found {len(found)}")
+    module = ClassifierModule.load_from_checkpoint(found[0], map_location="cpu", weights_only=True)
+    return module.eval()
+
+
+def run_datamodule(run: Path, **data: Any) -> Any:
+    """A training run folder's own data node (``data`` overriding keys, e.g. ``crop_fraction``)
+    as a datamodule set up for fit and test: the same seed carves the same validation films."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml").data, resolve=True)
+    dm = hydra.utils.instantiate({**node, **data})
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def decoded(dm: Any, loader: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every batch of ``loader`` as the net takes it at test time (``dm.batch_transform``), in
+    order, and all the labels."""
+    pairs = [(dm.batch_transform(x, train=False), y) for x, y in loader]
+    batches, labels = zip(*pairs, strict=True)
+    return list(batches), torch.cat(labels)
 
 
 def p_pneumonia(net: torch.nn.Module, batches: list[torch.Tensor]) -> torch.Tensor:
