@@ -15,6 +15,7 @@ from helpers import FAST, cli, train
 
 mlflow = pytest.importorskip("mlflow")
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+from google.protobuf.message import DecodeError  # noqa: E402  (protobuf comes with wandb)
 
 TINY = ["data=synthetic", "data.train_per_class=6", "data.test_per_class=3", "data.batch_size=8"]
 RECIPE = [*TINY, "trainer.max_epochs=2"]
@@ -85,8 +86,8 @@ def _wandb_records(path: Path) -> list:
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
+        if (kind == 0 and length == 0) or pos + 7 + length > len(data):
+            break  # the end, or a chunk the service is still writing
         chunk, pos = chunk + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = wandb_pb.Record()
@@ -97,15 +98,19 @@ def _wandb_records(path: Path) -> list:
 
 
 def _records_by_type(path: Path, wait_s: float = 30.0) -> dict[str, list]:
-    """The file's records by type, read again until the run record is there: W&B's service
-    process writes the file, and once, under the suite's two workers, the test found no run
-    record in it (alone it passed 3 of 3), as if read before the service had flushed it."""
+    """The file's records by type, read again until W&B's last record (``exit``) is there: its
+    service process writes the file after the run's process has exited, and under the suite's two
+    workers the test once found no run record, and once a record cut short (a protobuf
+    DecodeError), as if read before the service had flushed it (alone it passed every time)."""
     deadline = time.monotonic() + wait_s
     while True:
         by_type: dict[str, list] = {}
-        for record in _wandb_records(path):
-            by_type.setdefault(record.WhichOneof("record_type"), []).append(record)
-        if "run" in by_type or time.monotonic() > deadline:
+        try:
+            for record in _wandb_records(path):
+                by_type.setdefault(record.WhichOneof("record_type"), []).append(record)
+        except DecodeError:
+            by_type = {}
+        if "exit" in by_type or time.monotonic() > deadline:
             return by_type
         time.sleep(0.5)
 
