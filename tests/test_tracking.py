@@ -99,9 +99,9 @@ def _wandb_records(path: Path) -> list:
 
 def _records_by_type(path: Path, wait_s: float = 30.0) -> dict[str, list]:
     """The file's records by type, read again until W&B's last record (``exit``) is there: its
-    service process writes the file after the run's process has exited, and under the suite's two
-    workers the test once found no run record, and once a record cut short (a protobuf
-    DecodeError), as if read before the service had flushed it (alone it passed every time)."""
+    service process writes the file, and under the suite's two workers the test once found no run
+    record and once a record cut short (a protobuf DecodeError), as if read before the service had
+    flushed it (alone it passed every time)."""
     deadline = time.monotonic() + wait_s
     while True:
         by_type: dict[str, list] = {}
